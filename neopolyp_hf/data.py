@@ -1,0 +1,209 @@
+"""The competition's data layout: pairing, validation, stratified split and the resized cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .classes import DEFAULT_CLASS_COLORS, NEOPLASTIC, NON_NEOPLASTIC
+from .masks import decode_mask
+from .preprocessing import ImageLoadError, load_image, normalize, resize_image, resize_mask
+
+IMAGE_DIR = Path("train") / "train"
+MASK_DIR = Path("train_gt") / "train_gt"
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+class DataError(ValueError):
+    """A problem with the dataset on disk; the message names the folder or file."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair, matched by file stem."""
+
+    id: str
+    image_path: Path
+    mask_path: Path
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"expected folder '{folder}' does not exist (competition layout: {IMAGE_DIR}, {MASK_DIR})")
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"unexpected file '{path}' (expected {', '.join(IMAGE_SUFFIXES)} images only)")
+        files[path.stem] = path
+    return files
+
+
+def find_pairs(data_dir: str | Path) -> list[Sample]:
+    """All image/mask pairs of a competition-layout folder, sorted by id; mismatches are errors."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder '{root}' does not exist")
+    images, masks = _list_images(root / IMAGE_DIR), _list_images(root / MASK_DIR)
+    if not images:
+        raise DataError(f"no images in '{root / IMAGE_DIR}'")
+    without_mask = sorted(set(images) - set(masks))
+    if without_mask:
+        raise DataError(
+            f"image '{images[without_mask[0]]}' has no mask in '{root / MASK_DIR}' "
+            f"({len(without_mask)} image(s) without a mask)"
+        )
+    without_image = sorted(set(masks) - set(images))
+    if without_image:
+        raise DataError(
+            f"mask '{masks[without_image[0]]}' has no image in '{root / IMAGE_DIR}' "
+            f"({len(without_image)} extra mask(s))"
+        )
+    return [Sample(i, images[i], masks[i]) for i in sorted(images)]
+
+
+def load_pair(sample: Sample, colors: Sequence[Sequence[int]] = DEFAULT_CLASS_COLORS) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution (RGB image, class mask) of a sample; the mask is decoded before any resize."""
+    try:
+        image = load_image(sample.image_path)
+        mask = decode_mask(load_image(sample.mask_path), colors)
+    except ImageLoadError as error:
+        raise DataError(str(error)) from error
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"image '{sample.image_path}' is {image.shape[:2]} but its mask is {mask.shape}")
+    return image, mask
+
+
+def load_resized_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sample decoded at full resolution, then resized: image by area, mask by nearest."""
+    image, mask = load_pair(sample)
+    return resize_image(image, size), resize_mask(mask, size)
+
+
+def stratum(mask: np.ndarray) -> str:
+    """Which polyp classes a mask holds: 'both', 'neoplastic', 'non_neoplastic' or 'none'."""
+    has_neo, has_non = bool((mask == NEOPLASTIC).any()), bool((mask == NON_NEOPLASTIC).any())
+    return {(True, True): "both", (True, False): "neoplastic", (False, True): "non_neoplastic"}.get(
+        (has_neo, has_non), "none"
+    )
+
+
+def stratified_split(
+    ids: Sequence[str], strata: Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Seeded (train, val) split by stratum; independent of the order the ids come in."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = {}
+    for sample_id, group in sorted(zip(ids, strata, strict=True)):
+        by_stratum.setdefault(group, []).append(sample_id)
+    train, val = [], []
+    for group in sorted(by_stratum):
+        members = [by_stratum[group][i] for i in rng.permutation(len(by_stratum[group]))]
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    if not train or not val:
+        raise DataError(f"cannot split {len(ids)} sample(s) into non-empty train and val sets")
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class ResizedCache:
+    """Images and masks decoded once and resized to the training size, kept in memory."""
+
+    ids: list[str]
+    images: np.ndarray  # N x S x S x 3 uint8
+    masks: np.ndarray  # N x S x S uint8
+    strata: list[str]
+
+    def subset(self, ids: Sequence[str]) -> ResizedCache:
+        """The cache restricted to `ids`, in that order."""
+        index = {sample_id: i for i, sample_id in enumerate(self.ids)}
+        rows = [index[i] for i in ids]
+        return ResizedCache(list(ids), self.images[rows], self.masks[rows], [self.strata[r] for r in rows])
+
+
+def _cache_key(samples: Sequence[Sample], size: int) -> str:
+    digest = hashlib.sha256(str(size).encode())
+    for s in samples:
+        stat_i, stat_m = os.stat(s.image_path), os.stat(s.mask_path)
+        digest.update(f"{s.id}:{stat_i.st_size}:{stat_i.st_mtime_ns}:{stat_m.st_size}:{stat_m.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_cache(
+    samples: Sequence[Sample],
+    size: int,
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ResizedCache:
+    """Decode and resize every sample once (in threads: cv2 and PIL release the GIL).
+
+    With `cache_dir`, the arrays are also stored as one .npz keyed by the files' names,
+    sizes and times, so that a resumed or repeated run skips the decoding.
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"cache_{size}px_{_cache_key(samples, size)}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                return ResizedCache(
+                    json.loads(str(stored["ids"])), stored["images"], stored["masks"], json.loads(str(stored["strata"]))
+                )
+    images = np.empty((len(samples), size, size, 3), np.uint8)
+    masks = np.empty((len(samples), size, size), np.uint8)
+    strata = [""] * len(samples)
+
+    def work(i: int) -> None:
+        image, mask = load_pair(samples[i])
+        images[i], masks[i] = resize_image(image, size), resize_mask(mask, size)
+        strata[i] = stratum(mask)  # from the full-resolution mask: tiny polyps count too
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in pool.map(work, range(len(samples))):
+            if progress is not None:
+                progress(1)
+    cache = ResizedCache([s.id for s in samples], images, masks, strata)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, ids=json.dumps(cache.ids), images=images, masks=masks, strata=json.dumps(strata))
+        os.replace(tmp, path)
+    return cache
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(normalized image tensor, long mask tensor) pairs from the resized cache, augmented on the fly."""
+
+    def __init__(
+        self,
+        cache: ResizedCache,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Callable[..., dict] | None = None,
+    ) -> None:
+        self.cache, self.mean, self.std, self.augment = cache, list(mean), list(std), augment
+
+    def __len__(self) -> int:
+        return len(self.cache.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.cache.images[index], self.cache.masks[index]
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).long()

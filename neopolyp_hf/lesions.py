@@ -1,0 +1,73 @@
+"""Connected polyp regions: lesion-level class consistency and the per-lesion table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected polyp region of a predicted mask."""
+
+    label: int
+    area_px: int
+    area_percent: float
+    class_index: int
+    class_name: str
+    confidence: float
+    bbox: tuple[int, int, int, int]  # x, y, width, height
+
+    def as_dict(self) -> dict:
+        """A JSON-able view of the lesion."""
+        return asdict(self)
+
+
+def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Label the 8-connected non-background regions: (count incl. background, labels, stats)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    return count, labels, stats
+
+
+def harmonize_lesions(probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Give each connected polyp region the polyp class with the highest summed probability.
+
+    A polyp is neoplastic or not as a whole, so a region split between the two classes is
+    almost always wrong in part. `probabilities` is (C, H, W); class 0 is background.
+    """
+    count, labels, _ = label_polyps(mask)
+    if count <= 1:
+        return mask
+    flat_labels = labels.ravel()
+    # Summed probability of each polyp class over each region: one bincount per class.
+    sums = np.stack([np.bincount(flat_labels, weights=p.ravel(), minlength=count) for p in probabilities[1:]], axis=1)
+    region_class = (sums.argmax(axis=1) + 1).astype(mask.dtype)
+    region_class[0] = 0
+    return region_class[labels]
+
+
+def find_lesions(mask: np.ndarray, confidence: np.ndarray, class_names: list[str]) -> list[Lesion]:
+    """One `Lesion` per connected polyp region, largest first."""
+    count, labels, stats = label_polyps(mask)
+    total = float(mask.size)
+    lesions = []
+    for label in range(1, count):
+        region = labels == label
+        classes = np.bincount(mask[region], minlength=len(class_names))
+        classes[0] = 0
+        majority = int(classes.argmax())
+        x, y, w, h, area = (int(v) for v in stats[label])
+        lesions.append(
+            Lesion(
+                label=label,
+                area_px=area,
+                area_percent=100.0 * area / total,
+                class_index=majority,
+                class_name=class_names[majority],
+                confidence=float(confidence[region].mean()),
+                bbox=(x, y, w, h),
+            )
+        )
+    return sorted(lesions, key=lambda lesion: -lesion.area_px)

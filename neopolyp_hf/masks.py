@@ -1,0 +1,65 @@
+"""Mask codec for the competition's RGB masks, and the colour overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .classes import DEFAULT_CLASS_COLORS
+
+Colors = Sequence[Sequence[int]]
+
+
+def _palette(colors: Colors) -> np.ndarray:
+    palette = np.asarray(colors, dtype=np.int32)
+    if palette.ndim != 2 or palette.shape[1] != 3:
+        raise ValueError(f"class colours must be a list of [r, g, b] triples, got shape {palette.shape}")
+    return palette
+
+
+def decode_mask(rgb: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.ndarray:
+    """Map an RGB mask (HxWx3 uint8, JPEG noise allowed) to class indices (HxW uint8).
+
+    Each pixel takes the class whose colour is nearest in RGB space. JPEG ringing moves
+    colours by tens of levels at most, far less than the distance between palette colours,
+    so this is robust where exact matching or a single-channel threshold is not.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"a colour mask must be HxWx3, got shape {rgb.shape}")
+    palette = _palette(colors).astype(np.float32)
+    # argmin |x - c|^2 = argmax (2 x.c - |c|^2): one small matrix product. Every value is an
+    # integer below 2^24, so float32 is exact here and ties break as in the plain distance.
+    scores = rgb.reshape(-1, 3).astype(np.float32) @ (2.0 * palette.T) - (palette**2).sum(axis=1)
+    return scores.argmax(axis=1).astype(np.uint8).reshape(rgb.shape[:2])
+
+
+def colorize_mask(classes: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.ndarray:
+    """Map class indices (HxW) to an RGB mask (HxWx3 uint8), the inverse of `decode_mask`."""
+    classes = np.asarray(classes)
+    if classes.ndim != 2:
+        raise ValueError(f"a class mask must be HxW, got shape {classes.shape}")
+    palette = _palette(colors).astype(np.uint8)
+    if classes.size and int(classes.max()) >= len(palette):
+        raise ValueError(f"class index {int(classes.max())} has no colour (there are {len(palette)} classes)")
+    return palette[classes]
+
+
+def overlay(
+    image: np.ndarray | Image.Image,
+    classes: np.ndarray,
+    colors: Colors = DEFAULT_CLASS_COLORS,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Blend the class colours into the image; background pixels are left as they are."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = np.ascontiguousarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    if base.shape[:2] != classes.shape:
+        raise ValueError(f"image {base.shape[:2]} and mask {classes.shape} differ in size")
+    colour = colorize_mask(classes, colors)
+    blended = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
+    return Image.fromarray(np.where((classes > 0)[..., None], blended, base))

@@ -1,0 +1,116 @@
+"""The one preprocessing path: image loading, resize and normalization.
+
+Training (from its resized cache), `predict`, the CLI tools and the app all go through
+`resize_image` and `normalize`, with the values taken from the model's config.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# An endoscopy frame is at most a few megapixels; 64 MP leaves room for any of them while
+# refusing decompression bombs before they are decoded.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot be read as an image, named in the message."""
+
+
+def _describe(source: ImageInput) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{source}'"
+    return f"the {type(source).__name__} input"
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to an HxWx3 uint8 array."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale their own range to 8 bits rather than clipping.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparency onto black, the colour of the endoscope's border.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a path, bytes, PIL image or array into an HxWx3 uint8 RGB array, EXIF-upright."""
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, max_pixels)
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width * source.height, max_pixels, _describe(source))
+        return _pil_to_rgb(source)
+    name = _describe(source)
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        raise ImageLoadError(f"image file {name} does not exist")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            _check_pixels(image.width * image.height, max_pixels, name)
+            image.load()
+            return _pil_to_rgb(image)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(f"{name} is not a readable image file (unknown or unsupported format)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{name} is corrupt or truncated: {error}") from error
+
+
+def _check_pixels(pixels: int, max_pixels: int, name: str) -> None:
+    if pixels > max_pixels:
+        raise ImageLoadError(f"{name} has {pixels:,} pixels, over the limit of {max_pixels:,}")
+    if pixels == 0:
+        raise ImageLoadError(f"{name} is empty (0 pixels)")
+
+
+def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+        _check_pixels(array.shape[0] * array.shape[1], max_pixels, "the array input")
+        if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+            return np.ascontiguousarray(array)
+        squeezed = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+        if squeezed.dtype == np.uint16:
+            return _pil_to_rgb(Image.fromarray(squeezed.astype(np.int32), mode="I"))
+        if squeezed.dtype != np.uint8:
+            raise ImageLoadError(f"an array input must be uint8 or uint16, got {array.dtype}")
+        return _pil_to_rgb(Image.fromarray(squeezed))
+    raise ImageLoadError(f"an array input must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an HxWx3 uint8 image to size x size (area interpolation: it averages, never aliases)."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a class-index mask with nearest neighbour, so that no new class values appear."""
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HxWx3 -> float32 3xHxW tensor, scaled to [0, 1] and standardized per channel."""
+    scaled = image.astype(np.float32) / np.float32(255.0)
+    standardized = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(standardized.transpose(2, 0, 1)))
+
+
+def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The model's input for one RGB image: resize, then normalize; 3 x size x size."""
+    return normalize(resize_image(image, size), mean, std)

@@ -1,0 +1,77 @@
+"""Shared fixtures. The environment is set before any test module imports the libraries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("NEOPOLYP_DATA", ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The shared competition subset; tests that need it skip, saying why, where it is absent."""
+    if not (REAL_DATA / "train" / "train").is_dir():
+        pytest.skip(f"real BKAI-IGH data not found at {REAL_DATA} (set NEOPOLYP_DATA to the competition folder)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """48 synthetic pairs in the competition layout, made once per session."""
+    from neopolyp_hf.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), count=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """An untrained model at a small input size, in eval mode."""
+    import torch
+
+    from neopolyp_hf import NeoPolypUNet
+
+    torch.manual_seed(0)
+    return NeoPolypUNet(input_size=64).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory, synthetic_data) -> Path:
+    """A model trained briefly on synthetic data with train/train.py (best/ folder)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "train"))
+    import train as train_script
+
+    out = tmp_path_factory.mktemp("trained")
+    args = train_script.get_args_parser().parse_args(
+        [
+            "--data-dir",
+            str(synthetic_data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "5",
+            "--image-size",
+            "64",
+            "--encoder-weights",
+            "none",
+            "--num-workers",
+            "0",
+            "--num-overlays",
+            "2",
+            "--seed",
+            "0",
+        ]
+    )
+    train_script.main(args)
+    return out

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from neopolyp_hf import harmonize_lesions
+from neopolyp_hf.data import DataError, build_cache, find_pairs, stratified_split, stratum
+from neopolyp_hf.metrics import DiceAccumulator
+from neopolyp_hf.synthetic import synthetic_pair, write_dataset
+
+
+def test_synthetic_is_deterministic_and_shows_both_classes(tmp_path):
+    a, b = write_dataset(tmp_path / "a", 6, seed=3), write_dataset(tmp_path / "b", 6, seed=3)
+    names = sorted(p.name for p in (a / "train" / "train").iterdir())
+    assert names == sorted(p.name for p in (b / "train_gt" / "train_gt").iterdir())
+    for name in names:
+        assert (a / "train" / "train" / name).read_bytes() == (b / "train" / "train" / name).read_bytes()
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        image, mask = synthetic_pair(rng, 96, 120)
+        assert image.shape == (96, 120, 3) and mask.shape == (96, 120)
+        seen |= set(np.unique(mask).tolist())
+        if (mask == 1).any() and (mask == 2).any():
+            # The classes differ visibly: neoplastic polyps are darker and rougher.
+            assert image[mask == 1].mean() < image[mask == 2].mean()
+    assert seen == {0, 1, 2}
+
+
+def test_find_pairs_reports_mismatches(tmp_path):
+    root = write_dataset(tmp_path / "d", 3, seed=0)
+    assert len(find_pairs(root)) == 3
+    mask = sorted((root / "train_gt" / "train_gt").iterdir())[0]
+    mask.rename(mask.with_name("zzz.jpeg"))
+    with pytest.raises(DataError, match="has no mask"):
+        find_pairs(root)
+    with pytest.raises(DataError, match="does not exist"):
+        find_pairs(tmp_path / "nowhere")
+
+
+def test_cache_matches_full_resolution_decode(tmp_path):
+    root = write_dataset(tmp_path / "d", 4, seed=1)
+    samples = find_pairs(root)
+    cache = build_cache(samples, 64, cache_dir=tmp_path / "c")
+    again = build_cache(samples, 64, cache_dir=tmp_path / "c")  # from the .npz
+    assert np.array_equal(cache.images, again.images) and again.ids == cache.ids
+    assert cache.images.shape == (4, 64, 64, 3) and set(np.unique(cache.masks)) <= {0, 1, 2}
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+
+
+def test_split_is_stratified_seeded_and_order_free():
+    ids = [f"id{i:03d}" for i in range(100)]
+    strata = ["neoplastic"] * 60 + ["non_neoplastic"] * 20 + ["both"] * 20
+    train, val = stratified_split(ids, strata, 0.2, seed=0)
+    assert len(val) == 20 and not set(train) & set(val)
+    by_id = dict(zip(ids, strata, strict=True))
+    assert sorted(by_id[i] for i in val).count("non_neoplastic") == 4
+    shuffled = list(zip(ids, strata, strict=True))[::-1]
+    assert stratified_split([i for i, _ in shuffled], [s for _, s in shuffled], 0.2, seed=0) == (train, val)
+    assert stratified_split(ids, strata, 0.2, seed=1) != (train, val)
+
+
+def test_stratum():
+    mask = np.zeros((4, 4), np.uint8)
+    assert stratum(mask) == "none"
+    mask[0, 0] = 2
+    assert stratum(mask) == "non_neoplastic"
+    mask[1, 1] = 1
+    assert stratum(mask) == "both"
+
+
+def test_harmonize_gives_each_region_one_class():
+    mask = np.zeros((6, 10), np.uint8)
+    mask[1:5, 1:5] = 1
+    mask[1:3, 1:3] = 2  # a minority of region one says non-neoplastic
+    mask[1:5, 7:9] = 2  # a separate, all non-neoplastic region
+    probs = np.zeros((3, 6, 10), np.float32)
+    probs[0] = mask == 0
+    probs[1] = mask == 1
+    probs[2] = mask == 2
+    out = harmonize_lesions(probs, mask)
+    assert (out[1:5, 1:5] == 1).all() and (out[1:5, 7:9] == 2).all() and (out[mask == 0] == 0).all()
+
+
+def test_dice_conventions():
+    dice = DiceAccumulator(["background", "neoplastic", "non_neoplastic"])
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2] = 1
+    prediction = truth.copy()
+    prediction[0, 0] = 0  # 4 of 8 neoplastic pixels found
+    dice.update(prediction, truth)
+    result = dice.compute()
+    assert result["dice_neoplastic"] == pytest.approx(2 * 4 / (4 + 8))
+    assert result["dice_non_neoplastic"] == 1.0  # no such pixels anywhere: empty/empty
+    # per image x class: image 0 (0.667, 1), image 1 (1, 1)
+    assert result["dice_per_image"] == pytest.approx((2 * 4 / 12 + 3) / 4)
+
+
+def test_corrupt_image_in_data_is_named(tmp_path):
+    root = write_dataset(tmp_path / "d", 2, seed=0)
+    victim = sorted((root / "train" / "train").iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(DataError, match=victim.name):
+        build_cache(find_pairs(root), 32)
+    Image.new("RGB", (5, 5)).save(victim)  # readable, but not the mask's size
+    with pytest.raises(DataError, match="its mask is"):
+        build_cache(find_pairs(root), 32)

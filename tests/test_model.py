@@ -1,0 +1,147 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from neopolyp_hf import ConfigError, ImageLoadError, ModelSourceError, NeoPolypUNet, Prediction
+
+
+def test_save_load_round_trip_is_exact(random_model, tmp_path):
+    random_model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["encoder_weights"] is None and config["input_size"] == 64
+    assert config["class_names"] == ["background", "neoplastic", "non_neoplastic"]
+    assert config["class_colors"] == [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+    loaded = NeoPolypUNet.from_pretrained(tmp_path / "m")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(random_model(x), loaded(x))
+    assert loaded.config == random_model.config
+
+
+def test_imagenet_request_is_never_saved(monkeypatch, tmp_path):
+    import neopolyp_hf.model as model_module
+
+    # Stand in for the download: the point is what the saved config says afterwards.
+    monkeypatch.setattr(model_module, "check_encoder_weights_reachable", lambda *a: None)
+    monkeypatch.setattr(model_module.smp, "Unet", lambda **kw: torch.nn.Conv2d(3, kw["classes"], 1))
+    model = NeoPolypUNet(encoder_weights="imagenet", input_size=64)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["encoder_weights"] is None
+
+
+def test_imagenet_offline_fails_fast_with_advice():
+    with pytest.raises(ConnectionError, match="--encoder-weights none"):
+        NeoPolypUNet(encoder_weights="imagenet")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("input_size", 100),
+        ("input_size", "256"),
+        ("mean", [0.5, 0.5]),
+        ("std", [0.2, 0.0, 0.2]),
+        ("class_names", ["a", "a", "b"]),
+        ("class_colors", [[0, 0, 0], [300, 0, 0], [0, 255, 0]]),
+        ("encoder_weights", "instagram"),
+        ("encoder_name", "no-such-encoder"),
+    ],
+)
+def test_bad_config_value_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        NeoPolypUNet(**{field: value})
+
+
+def test_bad_config_file_is_refused(random_model, tmp_path):
+    folder = tmp_path / "m"
+    random_model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dropout": 0.3}))
+    with pytest.raises(ConfigError, match="unknown config field.*dropout"):
+        NeoPolypUNet.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "std": [1, -1, 1]}))
+    with pytest.raises(ConfigError, match="'std'"):
+        NeoPolypUNet.from_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        NeoPolypUNet.from_pretrained(folder)
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(random_model, tmp_path, monkeypatch):
+    folder = tmp_path / "m"
+    random_model.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(random_model.state_dict(), folder / "pytorch_model.bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was loaded"))
+    with pytest.raises(ModelSourceError, match="pickle"):
+        NeoPolypUNet.from_pretrained(folder)
+
+
+def test_missing_sources_are_named(tmp_path):
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        NeoPolypUNet.from_pretrained(tmp_path)
+    with pytest.raises(ModelSourceError, match="not-a-user/not-a-model"):
+        NeoPolypUNet.from_pretrained("not-a-user/not-a-model")  # offline and not cached
+
+
+def test_model_card_renders_and_parses(random_model, tmp_path):
+    random_model.save_pretrained(
+        tmp_path / "m",
+        model_card_kwargs={"metrics": {"dice_mean": 0.61, "dice_neoplastic": 0.7}, "training_args": "{}"},
+    )
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "mit" and data["pipeline_tag"] == "image-segmentation"
+    assert data["library_name"] == "neopolyp-hf" and data["datasets"] == ["bkai-igh-neopolyp"]
+    values = {m["name"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"dice_mean": 0.61, "dice_neoplastic": 0.7}
+    assert "not for clinical decisions" in card.text and "| dice_mean | 0.6100 |" in card.text
+
+
+def test_predict_shapes_and_views(random_model):
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3)).astype(np.uint8)
+    prediction = random_model.predict(image)
+    assert isinstance(prediction, Prediction)
+    assert prediction.mask.shape == (90, 120) and prediction.mask.dtype == np.uint8
+    assert set(np.unique(prediction.mask)) <= {0, 1, 2}
+    assert set(prediction.percentages) == {"neoplastic", "non_neoplastic"}
+    counts = np.bincount(prediction.mask.ravel(), minlength=3)
+    assert prediction.percentages["neoplastic"] == pytest.approx(100 * counts[1] / counts.sum())
+    assert prediction.overlay.size == (120, 90)
+    assert sum(lesion.area_px for lesion in prediction.lesions) == counts[1] + counts[2]
+    assert all(0.0 <= lesion.confidence <= 1.0 for lesion in prediction.lesions)
+    assert random_model.predict(image[:1, :1]).mask.shape == (1, 1)  # a 1x1 image works too
+
+
+def test_predict_rejects_bad_images(random_model, tmp_path):
+    bad = tmp_path / "bad.jpeg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageLoadError, match="bad.jpeg"):
+        random_model.predict(bad)
+    with pytest.raises(ImageLoadError, match="over the limit"):
+        random_model.predict(np.zeros((100, 100, 3), np.uint8), max_pixels=100)
+
+
+def test_predict_real_image_keeps_its_size(real_data):
+    torch.manual_seed(0)
+    model = NeoPolypUNet().eval()
+    path = sorted((real_data / "train" / "train").glob("*.jpeg"))[0]
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert model.predict(path).mask.shape == (height, width)
+
+
+def test_loading_never_downloads(random_model, tmp_path, monkeypatch):
+    """Offline and with the downloader disabled, a saved folder still loads."""
+    import neopolyp_hf.model as model_module
+
+    monkeypatch.setattr(model_module, "hf_hub_download", lambda *a, **k: pytest.fail("download attempted"))
+    random_model.save_pretrained(tmp_path / "m")
+    shutil.copytree(tmp_path / "m", tmp_path / "copy")
+    assert NeoPolypUNet.from_pretrained(tmp_path / "copy").config["encoder_weights"] is None
