@@ -1,0 +1,217 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(ROOT / "train"))
+import train as train_script  # noqa: E402
+
+TRAIN = [sys.executable, str(ROOT / "train" / "train.py")]
+SMALL = ["--image-size", "64", "--encoder-weights", "none", "--num-workers", "0", "--num-overlays", "0"]
+
+
+def _history(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_training_on_synthetic_data_learns(trained_model_dir):
+    history = _history(trained_model_dir)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    first, best = history[0]["val_dice_mean"], max(h["val_dice_mean"] for h in history)
+    # Random or all-background output scores near 0 on these masks (polyps cover ~5-15% of a frame);
+    # 0.4 needs both polyp classes found in the right places, and the rise must be clear.
+    assert best > 0.4 and best > first + 0.15, history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("best", "last"):
+        assert (trained_model_dir / name / "model.safetensors").is_file()
+    for name in ("split.json", "training_curves.png"):
+        assert (trained_model_dir / name).is_file()
+    assert len(list((trained_model_dir / "overlays").glob("*.png"))) == 2
+    state = json.loads((trained_model_dir / "last" / "training_state.json").read_text())
+    assert state["best_dice"] == pytest.approx(best)
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    assert model.config["input_size"] == 64 and model.config["encoder_weights"] is None
+
+
+def test_split_file_is_stratified_and_reproducible(trained_model_dir, synthetic_data):
+    split = json.loads((trained_model_dir / "split.json").read_text())
+    assert len(split["val"]) + len(split["train"]) == 48 and not set(split["val"]) & set(split["train"])
+    assert split["seed"] == 0
+
+
+@pytest.mark.parametrize("case", ["missing_mask", "extra_file", "corrupt_jpeg", "empty"])
+def test_bad_data_is_refused_before_training(tmp_path, case):
+    root = write_dataset(tmp_path / "data", 4, seed=0)
+    images = sorted((root / "train" / "train").iterdir())
+    expected = {
+        "missing_mask": "has no mask",
+        "extra_file": "unexpected file",
+        "corrupt_jpeg": images[2].name,
+        "empty": "no images",
+    }[case]
+    if case == "missing_mask":
+        (root / "train_gt" / "train_gt" / images[1].name).unlink()
+    elif case == "extra_file":
+        (root / "train" / "train" / "notes.txt").write_text("hello")
+    elif case == "corrupt_jpeg":
+        images[2].write_bytes(b"\xff\xd8\xff\xe0 broken")
+    else:
+        for path in images:
+            path.unlink()
+    args = train_script.get_args_parser().parse_args(
+        ["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--epochs", "1", *SMALL]
+    )
+    with pytest.raises(SystemExit, match=expected):
+        train_script.main(args)
+    assert not (tmp_path / "out" / "best").exists() and not (tmp_path / "out" / "last").exists()
+
+
+def test_imagenet_offline_fails_fast(tmp_path, synthetic_data):
+    started = time.perf_counter()
+    result = subprocess.run(
+        [
+            *TRAIN,
+            "--data-dir",
+            str(synthetic_data),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--encoder-weights",
+            "imagenet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "--encoder-weights none" in result.stderr
+    assert time.perf_counter() - started < 60  # not the 25 s+ hang of a blind download attempt, plus start-up
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path):
+    data = write_dataset(tmp_path / "data", 40, seed=2)
+    out = tmp_path / "out"
+    command = [*TRAIN, "--data-dir", str(data), "--output-dir", str(out), "--epochs", "5", *SMALL]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            assert process.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into epoch 3
+        assert process.poll() is None
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    state = json.loads((out / "last" / "training_state.json").read_text())
+    killed_after = state["epoch"]
+    assert 2 <= killed_after < 5
+    NeoPolypUNet.from_pretrained(out / "best")  # intact after the kill
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {killed_after}" in resumed.stdout
+    history = _history(out)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]  # nothing lost, nothing twice
+    assert json.loads((out / "last" / "training_state.json").read_text())["epoch"] == 5
+    assert not list(out.glob("*.tmp")) and not (out / "last.old").exists()
+
+
+def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypatch):
+    """--push goes through push_to_hub; the real Hub round trip is tested against a local Hub server."""
+    from huggingface_hub import HfApi, ModelCard
+
+    uploaded = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        uploaded["private"] = kwargs.get("private")
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def fake_upload_folder(self, repo_id, folder_path, **kwargs):
+        uploaded["repo_id"] = repo_id
+        uploaded["files"] = sorted(p.name for p in folder_path.iterdir())
+        uploaded["card"] = ModelCard.load(folder_path / "README.md")
+        uploaded["config"] = json.loads((folder_path / "config.json").read_text())
+        return "https://hub.example/commit/1"
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    args = train_script.get_args_parser().parse_args(
+        [
+            "--data-dir",
+            str(synthetic_data),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--epochs",
+            "1",
+            "--push",
+            "--repo-id",
+            "org/neopolyp",
+            "--private",
+            *SMALL,
+        ]
+    )
+    best = train_script.main(args)
+    assert uploaded["repo_id"] == "org/neopolyp" and uploaded["private"] is True
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert uploaded["config"]["encoder_weights"] is None
+    results = uploaded["card"].data.to_dict()["model-index"][0]["results"][0]
+    metrics = {m["name"]: m["value"] for m in results["metrics"]}
+    assert metrics["dice_mean"] == pytest.approx(best["val_dice_mean"])
+    assert "research" in uploaded["card"].text.lower() and "clinical" in uploaded["card"].text
+
+
+def test_push_needs_a_repo_id(tmp_path):
+    args = train_script.get_args_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), "--push"]
+    )
+    with pytest.raises(SystemExit, match="--repo-id"):
+        train_script.main(args)
+
+
+def test_bf16_flag_trains_on_cpu(tmp_path):
+    data = write_dataset(tmp_path / "data", 12, seed=4)
+    out = tmp_path / "o"
+    result = subprocess.run(
+        [
+            *TRAIN,
+            "--data-dir",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--mixed-precision",
+            "bf16",
+            "--batch-size",
+            "4",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.isfinite(torch.tensor(_history(out)[0]["val_loss"]))

@@ -1,0 +1,52 @@
+"""End-of-run reports: training curves and validation overlays as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from neopolyp_hf import NeoPolypUNet, overlay  # noqa: E402
+from neopolyp_hf.atomic import write_atomic  # noqa: E402
+from neopolyp_hf.data import Sample, load_pair  # noqa: E402
+
+
+def save_training_curves(history: list[dict], path: Path) -> None:
+    """Loss (train, val) and val Dice (per class, mean) per epoch."""
+    epochs = [h["epoch"] for h in history]
+    figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(epochs, [h["train_loss"] for h in history], label="train")
+    loss_axis.plot(epochs, [h["val_loss"] for h in history], label="val")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_axis.legend()
+    for key, label in [
+        ("val_dice_neoplastic", "neoplastic"),
+        ("val_dice_non_neoplastic", "non-neoplastic"),
+        ("val_dice_mean", "mean"),
+    ]:
+        dice_axis.plot(epochs, [h[key] for h in history], label=label)
+    dice_axis.set(xlabel="epoch", ylabel="pooled Dice", title="Validation Dice", ylim=(0, 1))
+    dice_axis.legend()
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def save_validation_overlays(model: NeoPolypUNet, samples: list[Sample], folder: Path) -> None:
+    """For each sample, truth (left) beside prediction (right), at half the original size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    colors = model.config["class_colors"]
+    for sample in samples:
+        image, truth = load_pair(sample)
+        prediction = model.predict(image)
+        side_by_side = np.concatenate(
+            [np.asarray(overlay(image, truth, colors)), np.asarray(prediction.overlay)], axis=1
+        )
+        picture = Image.fromarray(side_by_side)
+        picture = picture.resize((picture.width // 2, picture.height // 2))
+        write_atomic(folder / f"{sample.id}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))

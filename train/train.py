@@ -1,0 +1,341 @@
+"""Train NeoPolypUNet on BKAI-IGH NeoPolyp data (competition layout).
+
+python train/train.py --data-dir DATA --output-dir OUT [--recipe neopolyp|reference] ...
+accelerate launch train/train.py ...        # several GPUs or machines, same script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import presets  # noqa: E402
+from reporting import save_training_curves, save_validation_overlays  # noqa: E402
+
+from neopolyp_hf import NeoPolypUNet  # noqa: E402
+from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic  # noqa: E402
+from neopolyp_hf.config import ConfigError  # noqa: E402
+from neopolyp_hf.data import DataError, SegmentationDataset, build_cache, find_pairs, stratified_split  # noqa: E402
+from neopolyp_hf.metrics import DiceAccumulator  # noqa: E402
+
+STATE_FILE = "training_state.json"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The command line; every flag is documented in the README."""
+    parser = argparse.ArgumentParser(description="Train the NeoPolyp U-Net.", add_help=add_help)
+    parser.add_argument("--data-dir", required=True, help="competition layout: train/train, train_gt/train_gt")
+    parser.add_argument("--output-dir", required=True, help="where best/, last/, metrics.jsonl and plots go")
+    parser.add_argument("--recipe", default="neopolyp", choices=sorted(presets.RECIPES), help="training recipe")
+    parser.add_argument(
+        "--recipe-override",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one field of the recipe (repeatable), e.g. minority_oversampling=1",
+    )
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--image-size", type=int, default=256, help="square input size, a multiple of 32")
+    parser.add_argument("--encoder-name", default="resnet34")
+    parser.add_argument("--encoder-weights", default="imagenet", choices=["imagenet", "none"])
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scheduler", default=None, choices=["none", "cosine", "onecycle"], help="LR schedule (default: the recipe's)"
+    )
+    parser.add_argument("--num-workers", type=int, default=min(4, max(0, (os.cpu_count() or 2) // 2)))
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--report-to", default="none", choices=["none", "wandb", "tensorboard"])
+    parser.add_argument("--max-train-samples", type=int, default=None, help="use only the first N pairs (smoke runs)")
+    parser.add_argument("--num-overlays", type=int, default=4, help="validation overlays written at the end")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last")
+    parser.add_argument("--push", action="store_true", help="push the best model to the Hub at the end")
+    parser.add_argument("--repo-id", default=None, help="Hub repo for --push, e.g. you/neopolyp")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    return parser
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A seeded shuffle per epoch; with unequal weights, a weighted draw with replacement."""
+
+    def __init__(self, weights: list[float], seed: int) -> None:
+        self.weights = torch.tensor(weights, dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.weights)
+        if bool((self.weights == self.weights[0]).all()):
+            return iter(torch.randperm(n, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist())
+
+
+def _seed_augmentation_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    augment = getattr(info.dataset, "augment", None)
+    if augment is not None:  # each worker its own augmentation stream
+        augment.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def prepare_data(args: argparse.Namespace, accelerator: Accelerator, out: Path):
+    """Pair, validate, cache and split the data; the split is written to OUT/split.json."""
+    samples = find_pairs(args.data_dir)
+    if args.max_train_samples:
+        samples = samples[: args.max_train_samples]
+    with tqdm(total=len(samples), desc="decode+resize (once)", disable=not accelerator.is_local_main_process) as bar:
+        cache = build_cache(
+            samples, args.image_size, workers=max(1, os.cpu_count() or 1), cache_dir=out / "cache", progress=bar.update
+        )
+    split_path = out / "split.json"
+    if args.resume and split_path.is_file():
+        split = json.loads(split_path.read_text())
+    else:
+        train_ids, val_ids = stratified_split(cache.ids, cache.strata, args.val_fraction, args.seed)
+        split = {"seed": args.seed, "val_fraction": args.val_fraction, "train": train_ids, "val": val_ids}
+        if accelerator.is_main_process:
+            write_text_atomic(split_path, json.dumps(split, indent=1))
+    return samples, cache.subset(split["train"]), cache.subset(split["val"])
+
+
+def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, accelerator, epoch, channels_last) -> float:
+    """One pass over the training set; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not accelerator.is_local_main_process)
+    for images, masks in bar:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * images.shape[0]
+        count += images.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    stats = accelerator.reduce(torch.tensor([total, count], device=accelerator.device), reduction="sum")
+    return float(stats[0] / stats[1])
+
+
+@torch.inference_mode()
+def evaluate(model, loss_fn, loader, accelerator, class_names, epoch, channels_last) -> dict[str, float]:
+    """Validation loss and Dice (pooled per class, mean, per image) at the training size."""
+    model.eval()
+    dice = DiceAccumulator(class_names)
+    total, count = 0.0, 0
+    for images, masks in tqdm(
+        loader, desc=f"epoch {epoch} val", leave=False, disable=not accelerator.is_local_main_process
+    ):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(images)
+        loss = loss_fn(logits, masks)
+        predictions, masks = accelerator.gather_for_metrics((logits.argmax(1), masks))
+        total += loss.item() * images.shape[0]
+        count += images.shape[0]
+        dice.update(predictions.cpu().numpy().astype(np.uint8), masks.cpu().numpy().astype(np.uint8))
+    stats = accelerator.reduce(torch.tensor([total, count], device=accelerator.device), reduction="sum")
+    return {"val_loss": float(stats[0] / stats[1]), **{f"val_{k}": v for k, v in dice.compute().items()}}
+
+
+def card_kwargs(args: argparse.Namespace, metrics: dict[str, float]) -> dict:
+    """What the model card shows: the val metrics that chose this checkpoint, and the arguments."""
+    card_metrics = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_dice")}
+    training_args = {k: v for k, v in vars(args).items() if k not in ("push", "private", "resume")}
+    return {"metrics": card_metrics, "training_args": json.dumps(training_args, indent=2, default=str)}
+
+
+def save_best(model: NeoPolypUNet, out: Path, kwargs: dict) -> None:
+    """save_pretrained into best.tmp, then swap it into place, so best/ is never half-written."""
+    # A fresh CPU copy: contiguous fp32 weights whatever the device or memory format in training.
+    copy = NeoPolypUNet(**model.config)
+    copy.load_state_dict({k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()})
+    tmp = out / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy.save_pretrained(tmp, model_card_kwargs=kwargs)
+    write_text_atomic(tmp / "card_kwargs.json", json.dumps(kwargs))
+    replace_dir_atomic(tmp, out / "best")
+
+
+def save_last(accelerator: Accelerator, out: Path, state: dict) -> None:
+    """Model, optimizer, scheduler and RNG states plus the run's history, swapped into place."""
+    tmp = out / "last.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        write_text_atomic(tmp / STATE_FILE, json.dumps(state, indent=1))
+        replace_dir_atomic(tmp, out / "last")
+    accelerator.wait_for_everyone()
+
+
+def find_last_checkpoint(out: Path) -> Path | None:
+    """OUT/last, or OUT/last.old where a kill came in the middle of the swap."""
+    for candidate in (out / "last", out / "last.old"):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    return None
+
+
+def build_model(args: argparse.Namespace) -> NeoPolypUNet:
+    """A new model; an unreachable ImageNet download fails fast with advice."""
+    weights = None if args.encoder_weights == "none" else args.encoder_weights
+    try:
+        return NeoPolypUNet(encoder_name=args.encoder_name, encoder_weights=weights, input_size=args.image_size)
+    except ConnectionError as error:
+        raise SystemExit(f"error: cannot get ImageNet encoder weights: {error}") from error
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from error
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train, keep the best and last checkpoints, write reports, optionally push; returns the best metrics."""
+    if args.push and not args.repo_id:
+        raise SystemExit("error: --push needs --repo-id ORG/NAME")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        recipe = presets.resolve_recipe(args.recipe, args.recipe_override)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    lr = args.lr if args.lr is not None else recipe.lr
+    scheduler_name = args.scheduler or recipe.scheduler
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(out),
+    )
+    set_seed(args.seed)
+    model = build_model(args)
+    try:
+        samples, train_cache, val_cache = prepare_data(args, accelerator, out)
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from error
+    config = model.config
+
+    weights = [recipe.minority_oversampling if s in ("non_neoplastic", "both") else 1.0 for s in train_cache.strata]
+    augment = presets.train_augmentation(recipe)
+    augment.set_random_seed(args.seed)
+    train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
+    val_set = SegmentationDataset(val_cache, config["mean"], config["std"])
+    loader_args = {
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "worker_init_fn": _seed_augmentation_worker,
+        "persistent_workers": args.num_workers > 0,
+    }
+    train_loader = torch.utils.data.DataLoader(
+        train_set, sampler=EpochSampler(weights, args.seed), drop_last=True, **loader_args
+    )
+    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_args)
+    if len(train_loader) == 0:
+        raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {args.batch_size}")
+
+    pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
+    loss_fn = presets.build_loss(recipe, len(config["class_names"]), pixel_counts).to(accelerator.device)
+    optimizer = presets.build_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
+    scheduler = presets.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
+    channels_last = accelerator.device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+
+    state = {"epoch": 0, "best_epoch": 0, "best_dice": -math.inf, "best_metrics": {}, "history": []}
+    if args.resume:
+        checkpoint = find_last_checkpoint(out)
+        if checkpoint is None:
+            raise SystemExit(f"error: --resume, but '{out}' holds no finished epoch (no last/{STATE_FILE})")
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        accelerator.print(f"resuming after epoch {state['epoch']} from {checkpoint}")
+    if accelerator.is_main_process:  # metrics.jsonl holds exactly the finished epochs
+        write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+    accelerator.init_trackers("neopolyp", config={k: str(v) for k, v in vars(args).items()})
+
+    class_names = config["class_names"]
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        started = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        train_loss = train_one_epoch(
+            model, loss_fn, optimizer, scheduler, train_loader, accelerator, epoch, channels_last
+        )
+        metrics = evaluate(model, loss_fn, val_loader, accelerator, class_names, epoch, channels_last)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **metrics,
+            "lr": scheduler.get_last_lr()[0],
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        improved = metrics["val_dice_mean"] > state["best_dice"]
+        if improved:
+            state.update(best_epoch=epoch, best_dice=metrics["val_dice_mean"], best_metrics=metrics)
+            if accelerator.is_main_process:
+                save_best(accelerator.unwrap_model(model), out, card_kwargs(args, metrics))
+        state["epoch"] = epoch
+        state["history"].append(record)
+        save_last(accelerator, out, state)
+        if accelerator.is_main_process:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        accelerator.log(record, step=epoch)
+        accelerator.print(
+            f"epoch {epoch}/{args.epochs}  train_loss {train_loss:.4f}  val_loss {metrics['val_loss']:.4f}  "
+            f"dice neo {metrics['val_dice_neoplastic']:.4f} non-neo {metrics['val_dice_non_neoplastic']:.4f} "
+            f"mean {metrics['val_dice_mean']:.4f}{'  *best*' if improved else ''}  ({record['epoch_seconds']:.0f}s)"
+        )
+    accelerator.end_training()
+
+    if accelerator.is_main_process:
+        best_dir = out / "best"
+        save_training_curves(state["history"], out / "training_curves.png")
+        best = NeoPolypUNet.from_pretrained(best_dir)
+        val_ids = set(val_cache.ids)
+        save_validation_overlays(best, [s for s in samples if s.id in val_ids][: args.num_overlays], out / "overlays")
+        print(
+            f"best model: {best_dir} (epoch {state['best_epoch']}): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in state["best_metrics"].items())
+        )
+        if args.push:
+            kwargs = json.loads((best_dir / "card_kwargs.json").read_text())
+            url = best.push_to_hub(
+                args.repo_id,
+                private=args.private or None,
+                model_card_kwargs=kwargs,
+                commit_message=f"NeoPolyp: best of {state['epoch']} epochs",
+            )
+            print(f"pushed to {args.repo_id}: {url}")
+    return state["best_metrics"]
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
