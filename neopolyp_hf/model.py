@@ -107,7 +107,7 @@ class NeoPolypUNet(
         lesion_consistency: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Prediction:
-        """Segment one image (path, bytes, PIL image or HxWx3 uint8 array) at its original size."""
+        """Segment one image (path, bytes, PIL image or array) at its original size; sets eval mode."""
         return predict_image(
             self._forward_numpy,
             self._hub_mixin_config,
@@ -118,13 +118,12 @@ class NeoPolypUNet(
         )
 
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                return self(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        finally:
-            self.train(was_training)
+        # Inference needs eval mode (batch-norm statistics). Setting it, never toggling it back,
+        # keeps concurrent predict calls on one model free of races.
+        if self.training:
+            self.eval()
+        with torch.inference_mode():
+            return self(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     # --- Hub integration -------------------------------------------------------------------
 

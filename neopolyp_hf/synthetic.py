@@ -7,6 +7,7 @@ pale, smooth and yellowish. The difference is visible, so a model can learn it i
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,9 @@ from PIL import Image
 
 from .classes import NEOPLASTIC, NON_NEOPLASTIC
 from .masks import colorize_mask
+
+SYNTHETIC_DATASET = "neopolyp-synthetic"
+MARKER_FILE = "neopolyp_synthetic.json"
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, scale: int) -> np.ndarray:
@@ -78,6 +82,8 @@ def write_dataset(out_dir: str | Path, count: int, seed: int = 0, height: int = 
     images, masks = out / "train" / "train", out / "train_gt" / "train_gt"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
+    # Marks the folder as synthetic, so that models trained on it say so in their card.
+    (out / MARKER_FILE).write_text(json.dumps({"dataset": SYNTHETIC_DATASET, "count": count, "seed": seed}))
     rng = np.random.default_rng(seed)
     for i in range(count):
         image, mask = synthetic_pair(rng, height, width)

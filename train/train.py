@@ -32,6 +32,8 @@ from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic  # noqa: E4
 from neopolyp_hf.config import ConfigError  # noqa: E402
 from neopolyp_hf.data import DataError, SegmentationDataset, build_cache, find_pairs, stratified_split  # noqa: E402
 from neopolyp_hf.metrics import DiceAccumulator  # noqa: E402
+from neopolyp_hf.model import DATASET_ID  # noqa: E402
+from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET  # noqa: E402
 
 STATE_FILE = "training_state.json"
 
@@ -164,10 +166,15 @@ def evaluate(model, loss_fn, loader, accelerator, class_names, epoch, channels_l
 
 
 def card_kwargs(args: argparse.Namespace, metrics: dict[str, float]) -> dict:
-    """What the model card shows: the val metrics that chose this checkpoint, and the arguments."""
+    """What the model card shows: the data, the val metrics that chose this checkpoint, the arguments."""
     card_metrics = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_dice")}
     training_args = {k: v for k, v in vars(args).items() if k not in ("push", "private", "resume")}
-    return {"metrics": card_metrics, "training_args": json.dumps(training_args, indent=2, default=str)}
+    synthetic = (Path(args.data_dir) / MARKER_FILE).is_file()
+    return {
+        "metrics": card_metrics,
+        "dataset": SYNTHETIC_DATASET if synthetic else DATASET_ID,
+        "training_args": json.dumps(training_args, indent=2, default=str),
+    }
 
 
 def save_best(model: NeoPolypUNet, out: Path, kwargs: dict) -> None:

@@ -1,0 +1,57 @@
+# Two commands set up a fresh machine: `make test` and `make demo`. Both create .venv and install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR := demo_model
+DEMO_MODEL := $(DEMO_DIR)/best
+
+# Offline and private by default: no telemetry, no update checks.
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: test demo lint format chromium demo-model clean
+
+$(VENV)/.installed-test: requirements.txt requirements-train.txt requirements-test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-test.txt -e .
+	touch $@
+
+$(VENV)/.installed-demo: requirements.txt requirements-train.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-train.txt -e .
+	touch $@
+
+# Browser tests drive Debian's chromium; playwright cannot download a browser here.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: $(VENV)/.installed-test chromium lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# A small model trained on synthetic data, used only where NEOPOLYP_MODEL is unset.
+$(DEMO_MODEL)/config.json: | $(VENV)/.installed-demo
+	HF_HUB_OFFLINE=1 $(PY) -m neopolyp_hf.synthetic --output-dir $(DEMO_DIR)/data --count 160 --seed 0
+	HF_HUB_OFFLINE=1 $(PY) train/train.py --data-dir $(DEMO_DIR)/data --output-dir $(DEMO_DIR) \
+		--image-size 96 --epochs 12 --encoder-weights none --num-overlays 0
+
+demo-model: $(DEMO_MODEL)/config.json
+
+demo: $(VENV)/.installed-demo
+	@if [ -z "$$NEOPOLYP_MODEL" ]; then $(MAKE) --no-print-directory demo-model; fi
+	GRADIO_SERVER_NAME=$${GRADIO_SERVER_NAME:-127.0.0.1} GRADIO_SERVER_PORT=$${GRADIO_SERVER_PORT:-7860} \
+	NEOPOLYP_MODEL=$${NEOPOLYP_MODEL:-$(DEMO_MODEL)} \
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-$$([ -z "$$NEOPOLYP_MODEL" ] && echo 1 || echo 0)} \
+	$(PY) app.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

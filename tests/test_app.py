@@ -1,0 +1,212 @@
+"""The Space app, launched for real on loopback and driven through gradio_client and Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.serving import percentages_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(env_extra: dict[str, str], timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """Launch app.py on a free loopback port and wait until it answers."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), **env_extra}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}:\n{process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise TimeoutError(f"app.py did not answer on {url} within {timeout} s")
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def served(trained_model_dir):
+    process, url = start_app({"NEOPOLYP_MODEL": str(trained_model_dir / "best"), "NEOPOLYP_MAX_PIXELS": "4000000"})
+    try:
+        yield url, trained_model_dir / "best"
+    finally:
+        stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def example_image(tmp_path_factory, synthetic_data) -> Path:
+    return sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[3]
+
+
+def _call(client, path):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/predict")
+
+
+@pytest.mark.slow
+def test_api_matches_the_package(client, served, example_image):
+    overlay_path, percentages, lesions = _call(client, example_image)
+    expected = NeoPolypUNet.from_pretrained(served[1]).predict(example_image)
+    assert np.array_equal(np.asarray(Image.open(overlay_path).convert("RGB")), np.asarray(expected.overlay))
+    assert percentages == percentages_summary(expected)
+    assert len(lesions["data"]) == len(expected.lesions)
+    assert lesions["headers"][:3] == ["lesion", "class", "area (px)"]
+
+
+def _bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, example_image, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    cases = {
+        "notes.png": (b"this is not an image", "not a readable image"),
+        "broken.jpeg": (_bytes(Image.new("RGB", (300, 300), "red"), "JPEG")[:400], "corrupt or truncated"),
+        "huge.png": (_bytes(Image.new("RGB", (2100, 2000))), "over the limit"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(AppError, match=message) as caught:
+            _call(client, path)
+        assert name in str(caught.value) and "/tmp/gradio" not in str(caught.value)
+        assert _call(client, example_image)[1]  # the next good request still succeeds
+
+
+@pytest.mark.slow
+def test_odd_but_valid_images_are_segmented(client, tmp_path):
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cases = {
+        "one_pixel.png": _bytes(Image.new("RGB", (1, 1), "pink")),
+        "grey.png": _bytes(Image.new("L", (50, 40), 90)),
+        "rgba.png": _bytes(Image.new("RGBA", (50, 40), (200, 100, 100, 128))),
+        "sixteen.png": _bytes(Image.fromarray(np.linspace(0, 65535, 2000).reshape(40, 50).astype(np.uint16))),
+        "rotated.jpeg": _bytes(Image.fromarray(pixels), "JPEG", exif=exif.tobytes()),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        overlay_path, percentages, _ = _call(client, tmp_path / name)
+        size = Image.open(overlay_path).size
+        expected = {"one_pixel.png": (1, 1), "rotated.jpeg": (40, 60)}.get(name, (50, 40))
+        assert size == expected, name  # the EXIF-rotated photo comes back upright
+        assert set(percentages) == {"neoplastic", "non_neoplastic"}
+
+
+@pytest.mark.slow
+def test_concurrent_requests_agree(client, served, example_image):
+    from gradio_client import handle_file
+
+    jobs = [client.submit(handle_file(str(example_image)), api_name="/predict") for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    assert all(r[1] == results[0][1] for r in results)
+
+
+def test_broken_model_source_stops_start_up_with_its_name(tmp_path):
+    for source in (str(tmp_path / "no-such-folder"), "nobody/no-such-model"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "app.py")],
+            env={**os.environ, "NEOPOLYP_MODEL": source},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert result.returncode != 0
+        assert "NeoPolyp cannot start" in result.stderr and source in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(served[0], wait_until="load")
+            page.locator("#run").wait_for(state="visible", timeout=60_000)
+            assert "not for clinical use" in page.inner_text("#notice")
+            page.locator("input[type=file]").first.set_input_files(str(example_image))
+            page.wait_for_timeout(1500)
+            page.click("#run")
+            page.locator("#overlay img").wait_for(state="visible", timeout=90_000)
+            page.get_by_text("percent_of_image").first.wait_for(timeout=30_000)
+            text = page.inner_text("body")
+            assert "neoplastic" in text and "percent_of_polyp_area" in text
+            source = page.locator("#overlay img").get_attribute("src")
+            assert source and ("image" in source or source.startswith("data:"))
+            page.screenshot(path=str(tmp_path / "neopolyp_app.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'neopolyp_app.png'}")
+        finally:
+            browser.close()
+    assert (tmp_path / "neopolyp_app.png").stat().st_size > 10_000
