@@ -1,8 +1,8 @@
-"""Prediction for one image, shared by every backend: only the forward call differs."""
+"""Prediction shared by every backend: only the forward call differs (torch, ONNX Runtime)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -21,13 +21,22 @@ ForwardFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class Prediction:
-    """A segmentation at the input's original size, with its derived views."""
+    """A segmentation at the input's original size, with its derived views (computed on first use)."""
 
     image: np.ndarray = field(repr=False)  # HxWx3 uint8, upright
     mask: np.ndarray = field(repr=False)  # HxW uint8 class indices
-    confidence: np.ndarray = field(repr=False)  # HxW float32, probability of the chosen class
+    scores: np.ndarray = field(repr=False)  # C x S x S class scores at model resolution (logits or log-probs)
     class_names: list[str]
     class_colors: list[list[int]]
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """HxW probability of each pixel's class (bilinearly upsampled softmax)."""
+        probabilities = softmax(self.scores, axis=0).transpose(1, 2, 0)
+        height, width = self.mask.shape
+        full = cv2.resize(np.ascontiguousarray(probabilities), (width, height), interpolation=cv2.INTER_LINEAR)
+        full = full.reshape(height, width, -1)
+        return np.take_along_axis(full, self.mask[..., None].astype(np.intp), axis=2)[..., 0]
 
     @cached_property
     def percentages(self) -> dict[str, float]:
@@ -60,60 +69,76 @@ class Prediction:
         return overlay(self.image, self.mask, self.class_colors, alpha)
 
 
-def flip_tta_batch(batch: np.ndarray) -> np.ndarray:
-    """Stack the identity, horizontal and vertical flips of an (N, 3, S, S) batch: (3N, 3, S, S)."""
-    return np.concatenate([batch, batch[..., ::-1], batch[..., ::-1, :]], axis=0)
-
-
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     """Numerically stable softmax."""
     shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
-def predict_probabilities(forward: ForwardFn, batch: np.ndarray, tta: bool = False) -> np.ndarray:
-    """Class probabilities (N, C, S, S) at model resolution, averaged over flips with `tta`."""
+def flip_tta_batch(batch: np.ndarray) -> np.ndarray:
+    """Stack the identity, horizontal and vertical flips of an (N, 3, S, S) batch: (3N, 3, S, S)."""
+    return np.concatenate([batch, batch[..., ::-1], batch[..., ::-1, :]], axis=0)
+
+
+def class_scores(forward: ForwardFn, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(N, C, S, S) scores whose argmax is the prediction: logits, or with `tta` the log of
+    the softmax averaged over the identity and the two flips."""
     if not tta:
-        return softmax(forward(np.ascontiguousarray(batch)))
+        return forward(np.ascontiguousarray(batch))
     n = batch.shape[0]
     probs = softmax(forward(np.ascontiguousarray(flip_tta_batch(batch))))
-    # Undo each flip before averaging.
-    return (probs[:n] + probs[n : 2 * n][..., ::-1] + probs[2 * n :][..., ::-1, :]) / 3.0
+    mean = (probs[:n] + probs[n : 2 * n][..., ::-1] + probs[2 * n :][..., ::-1, :]) / 3.0
+    return np.log(np.maximum(mean, 1e-12))
 
 
-def probabilities_to_mask(
-    probabilities: np.ndarray, height: int, width: int, lesion_consistency: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Upsample (C, S, S) probabilities to (H, W) before the argmax: (mask, confidence)."""
-    hwc = np.ascontiguousarray(probabilities.transpose(1, 2, 0), dtype=np.float32)
-    full = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
-    if full.ndim == 2:  # cv2 drops a single channel axis
-        full = full[..., None]
-    mask = full.argmax(axis=2).astype(np.uint8)
-    if lesion_consistency:
-        mask = harmonize_lesions(full.transpose(2, 0, 1), mask)
-    confidence = np.take_along_axis(full, mask[..., None].astype(np.int64), axis=2)[..., 0]
-    return mask, confidence
+def scores_to_mask(scores: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Argmax of the scores upsampled bilinearly to (height, width).
+
+    Bilinear interpolation is linear, so the argmax of the upsampled scores equals that of the
+    upsampled differences to class 0: one channel fewer to resize, and comparisons instead of
+    a full argmax.
+    """
+    differences = np.ascontiguousarray((scores[1:] - scores[:1]).transpose(1, 2, 0), dtype=np.float32)
+    full = cv2.resize(differences, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    if full.shape[2] == 2:  # the three-class model: two comparisons
+        first, second = full[..., 0], full[..., 1]
+        mask = np.where(first >= second, np.uint8(1), np.uint8(2))
+        mask[(first <= 0) & (second <= 0)] = 0
+        return mask
+    with_background = np.concatenate([np.zeros((height, width, 1), np.float32), full], axis=2)
+    return with_background.argmax(axis=2).astype(np.uint8)
 
 
-def predict_image(
+def predict_images(
     forward: ForwardFn,
     config: dict[str, Any],
-    image: ImageInput,
+    images: Sequence[ImageInput],
     *,
     tta: bool = False,
     lesion_consistency: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Prediction:
-    """Load, preprocess, run `forward` and postprocess one image."""
-    rgb = load_image(image, max_pixels=max_pixels)
-    batch = preprocess(rgb, config["input_size"], config["mean"], config["std"]).numpy()[None]
-    probabilities = predict_probabilities(forward, batch, tta=tta)[0]
-    mask, confidence = probabilities_to_mask(probabilities, rgb.shape[0], rgb.shape[1], lesion_consistency)
-    return Prediction(
-        image=rgb,
-        mask=mask,
-        confidence=confidence,
-        class_names=list(config["class_names"]),
-        class_colors=[list(c) for c in config["class_colors"]],
-    )
+) -> list[Prediction]:
+    """Load, preprocess, run `forward` once on the whole batch, and postprocess each image."""
+    rgbs = [load_image(image, max_pixels=max_pixels) for image in images]
+    batch = np.stack([preprocess(rgb, config["input_size"], config["mean"], config["std"]).numpy() for rgb in rgbs])
+    scores = class_scores(forward, batch, tta=tta)
+    predictions = []
+    for rgb, image_scores in zip(rgbs, scores, strict=True):
+        mask = scores_to_mask(image_scores, rgb.shape[0], rgb.shape[1])
+        if lesion_consistency:
+            mask = harmonize_lesions(mask)
+        predictions.append(
+            Prediction(
+                image=rgb,
+                mask=mask,
+                scores=image_scores,
+                class_names=list(config["class_names"]),
+                class_colors=[list(c) for c in config["class_colors"]],
+            )
+        )
+    return predictions
+
+
+def predict_image(forward: ForwardFn, config: dict[str, Any], image: ImageInput, **kwargs) -> Prediction:
+    """`predict_images` for one image."""
+    return predict_images(forward, config, [image], **kwargs)[0]

@@ -31,19 +31,20 @@ def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return count, labels, stats
 
 
-def harmonize_lesions(probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Give each connected polyp region the polyp class with the highest summed probability.
+def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
+    """Give each connected polyp region its majority polyp class (by pixel count).
 
     A polyp is neoplastic or not as a whole, so a region split between the two classes is
-    almost always wrong in part. `probabilities` is (C, H, W); class 0 is background.
+    almost always wrong in part.
     """
     count, labels, _ = label_polyps(mask)
     if count <= 1:
         return mask
-    flat_labels = labels.ravel()
-    # Summed probability of each polyp class over each region: one bincount per class.
-    sums = np.stack([np.bincount(flat_labels, weights=p.ravel(), minlength=count) for p in probabilities[1:]], axis=1)
-    region_class = (sums.argmax(axis=1) + 1).astype(mask.dtype)
+    classes = int(mask.max()) + 1
+    # Pixels per (region, class) in one integer bincount.
+    votes = np.bincount((labels * classes + mask).ravel(), minlength=count * classes).reshape(count, classes)
+    votes[:, 0] = -1  # regions are polyp pixels only
+    region_class = votes.argmax(axis=1).astype(mask.dtype)
     region_class[0] = 0
     return region_class[labels]
 

@@ -37,15 +37,26 @@ def decode_mask(rgb: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.nd
     return scores.argmax(axis=1).astype(np.uint8).reshape(rgb.shape[:2])
 
 
+def _lookup_tables(colors: Colors) -> np.ndarray:
+    palette = _palette(colors)
+    if palette.min() < 0 or palette.max() > 255:
+        raise ValueError("class colours must be in 0..255")
+    tables = np.zeros((3, 256), np.uint8)
+    tables[:, : len(palette)] = palette.T
+    return tables
+
+
 def colorize_mask(classes: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.ndarray:
     """Map class indices (HxW) to an RGB mask (HxWx3 uint8), the inverse of `decode_mask`."""
     classes = np.asarray(classes)
     if classes.ndim != 2:
         raise ValueError(f"a class mask must be HxW, got shape {classes.shape}")
-    palette = _palette(colors).astype(np.uint8)
-    if classes.size and int(classes.max()) >= len(palette):
-        raise ValueError(f"class index {int(classes.max())} has no colour (there are {len(palette)} classes)")
-    return palette[classes]
+    count = len(_palette(colors))
+    if classes.size and int(classes.max()) >= count:
+        raise ValueError(f"class index {int(classes.max())} has no colour (there are {count} classes)")
+    # One table look-up per channel: several times faster than fancy indexing on a full frame.
+    indices = np.ascontiguousarray(classes, dtype=np.uint8)
+    return cv2.merge([cv2.LUT(indices, table) for table in _lookup_tables(colors)])
 
 
 def overlay(
@@ -60,6 +71,7 @@ def overlay(
     base = np.ascontiguousarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     if base.shape[:2] != classes.shape:
         raise ValueError(f"image {base.shape[:2]} and mask {classes.shape} differ in size")
-    colour = colorize_mask(classes, colors)
-    blended = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
-    return Image.fromarray(np.where((classes > 0)[..., None], blended, base))
+    blended = cv2.addWeighted(base, 1.0 - alpha, colorize_mask(classes, colors), alpha, 0.0)
+    out = base.copy()
+    cv2.copyTo(blended, (classes > 0).astype(np.uint8), out)
+    return Image.fromarray(out)

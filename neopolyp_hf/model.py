@@ -22,7 +22,7 @@ from torch import nn
 
 from .classes import DEFAULT_CLASS_COLORS, DEFAULT_CLASS_NAMES
 from .config import ConfigError, validate_config
-from .inference import Prediction, predict_image
+from .inference import Prediction, predict_images
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -108,14 +108,11 @@ class NeoPolypUNet(
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Prediction:
         """Segment one image (path, bytes, PIL image or array) at its original size; sets eval mode."""
-        return predict_image(
-            self._forward_numpy,
-            self._hub_mixin_config,
-            image,
-            tta=tta,
-            lesion_consistency=lesion_consistency,
-            max_pixels=max_pixels,
-        )
+        return self.predict_batch([image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels)[0]
+
+    def predict_batch(self, images: list[ImageInput], **kwargs) -> list[Prediction]:
+        """Segment several images with one forward call (keyword arguments as `predict`)."""
+        return predict_images(self._forward_numpy, self._hub_mixin_config, images, **kwargs)
 
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
         # Inference needs eval mode (batch-norm statistics). Setting it, never toggling it back,

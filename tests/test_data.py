@@ -73,11 +73,7 @@ def test_harmonize_gives_each_region_one_class():
     mask[1:5, 1:5] = 1
     mask[1:3, 1:3] = 2  # a minority of region one says non-neoplastic
     mask[1:5, 7:9] = 2  # a separate, all non-neoplastic region
-    probs = np.zeros((3, 6, 10), np.float32)
-    probs[0] = mask == 0
-    probs[1] = mask == 1
-    probs[2] = mask == 2
-    out = harmonize_lesions(probs, mask)
+    out = harmonize_lesions(mask)
     assert (out[1:5, 1:5] == 1).all() and (out[1:5, 7:9] == 2).all() and (out[mask == 0] == 0).all()
 
 

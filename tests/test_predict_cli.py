@@ -1,0 +1,187 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neopolyp_hf import NeoPolypUNet, decode_mask, rle_decode
+from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+import predict as predict_script  # noqa: E402
+
+
+def run_predict(*argv: str) -> Path:
+    return predict_script.main(predict_script.get_args_parser().parse_args(list(argv)))
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory, synthetic_data) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for path in sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_submission_rows_decode_to_the_model_masks(trained_model_dir, images_dir, tmp_path):
+    out = run_predict(
+        "--model",
+        str(trained_model_dir / "best"),
+        "--images",
+        str(images_dir),
+        "--output",
+        str(tmp_path / "sub.csv"),
+        "--masks-dir",
+        str(tmp_path / "masks"),
+        "--batch-size",
+        "4",
+    )
+    rows = read_rows(out)
+    assert rows[0] == ["Id", "Expected"] and len(rows) == 1 + 2 * 6
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    for path in sorted(images_dir.iterdir()):
+        mask = model.predict(path).mask
+        by_id = {r[0]: r[1] for r in rows[1:]}
+        assert np.array_equal(rle_decode(by_id[f"{path.stem}_0"], mask.shape), mask == 1)
+        assert np.array_equal(rle_decode(by_id[f"{path.stem}_1"], mask.shape), mask == 2)
+        png = np.asarray(Image.open(tmp_path / "masks" / f"{path.stem}.png"))
+        assert np.array_equal(decode_mask(png), mask)  # lossless: exact colours back
+
+
+def test_sample_submission_order_and_missing_ids(trained_model_dir, images_dir, tmp_path):
+    ids = [p.stem for p in sorted(images_dir.iterdir())][::-1]
+    sample = tmp_path / "sample.csv"
+    sample.write_text("Id,Expected\n" + "".join(f"{i}_0,1 1\n{i}_1,1 1\n" for i in ids))
+    out = run_predict(
+        "--model",
+        str(trained_model_dir / "best"),
+        "--images",
+        str(images_dir),
+        "--output",
+        str(tmp_path / "sub.csv"),
+        "--sample-submission",
+        str(sample),
+    )
+    assert [r[0] for r in read_rows(out)[1:]] == [f"{i}_{k}" for i in ids for k in (0, 1)]
+    sample.write_text("Id,Expected\nnot_here_0,\nnot_here_1,\n")
+    with pytest.raises(SystemExit, match="not_here"):
+        run_predict(
+            "--model",
+            str(trained_model_dir / "best"),
+            "--images",
+            str(images_dir),
+            "--output",
+            str(tmp_path / "sub2.csv"),
+            "--sample-submission",
+            str(sample),
+        )
+    assert not (tmp_path / "sub2.csv").exists()
+
+
+def test_bad_image_fails_before_writing_or_is_skipped(trained_model_dir, images_dir, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for path in images_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "zz_broken.jpeg").write_bytes(b"\xff\xd8\xff not really")
+    common = ["--model", str(trained_model_dir / "best"), "--images", str(folder), "--masks-dir", str(tmp_path / "m")]
+    with pytest.raises(SystemExit, match="nothing written.*zz_broken.jpeg"):
+        run_predict(*common, "--output", str(tmp_path / "a.csv"))
+    assert not (tmp_path / "a.csv").exists() and not list((tmp_path / "m").glob("*.png"))
+    out = run_predict(*common, "--output", str(tmp_path / "b.csv"), "--skip-bad")
+    assert "skipped zz_broken" in capsys.readouterr().err
+    rows = {r[0]: r[1] for r in read_rows(out)[1:]}
+    assert rows["zz_broken_0"] == "" and rows["zz_broken_1"] == "" and len(rows) == 14
+
+
+def test_existing_csv_survives_a_failed_run(trained_model_dir, tmp_path):
+    target = tmp_path / "sub.csv"
+    target.write_text("Id,Expected\nprevious,run\n")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")
+    with pytest.raises(SystemExit):
+        run_predict(
+            "--model", str(trained_model_dir / "best"), "--images", str(tmp_path / "imgs"), "--output", str(target)
+        )
+    assert target.read_text() == "Id,Expected\nprevious,run\n"
+
+
+def test_onnx_export_has_dynamic_batch_and_agrees_with_torch(trained_model_dir, synthetic_data, tmp_path):
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "export_onnx.py"),
+            "--model",
+            str(trained_model_dir / "best"),
+            "--output",
+            str(tmp_path / "m.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    onnx_model = OnnxSegmenter(tmp_path / "m.onnx")
+    assert onnx_model.config == model.config
+    batch = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert onnx_model.forward(batch).shape == (3, 3, 64, 64)
+    agree = total = 0
+    for path in sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[:8]:
+        for tta in (False, True):
+            a, b = model.predict(path, tta=tta).mask, onnx_model.predict(path, tta=tta).mask
+            agree, total = agree + int((a == b).sum()), total + a.size
+    assert agree / total >= 0.999
+
+
+def test_onnx_agrees_with_torch_on_real_images(real_data, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = NeoPolypUNet(input_size=128).eval()  # real size, real images; untrained weights suffice here
+    onnx_model = OnnxSegmenter(export_onnx(model, tmp_path / "m.onnx"))
+    agree = total = 0
+    for path in sorted((real_data / "test" / "test").glob("*.jpeg"))[:4]:
+        a, b = model.predict(path).mask, onnx_model.predict(path).mask
+        agree, total = agree + int((a == b).sum()), total + a.size
+    assert agree / total >= 0.999
+
+
+def test_onnx_backend_in_the_cli(trained_model_dir, images_dir, tmp_path):
+    torch_csv = run_predict(
+        "--model",
+        str(trained_model_dir / "best"),
+        "--images",
+        str(images_dir),
+        "--output",
+        str(tmp_path / "t.csv"),
+        "--tta",
+    )
+    onnx_csv = run_predict(
+        "--model",
+        str(trained_model_dir / "best"),
+        "--images",
+        str(images_dir),
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--tta",
+        "--backend",
+        "onnx",
+    )
+    torch_rows, onnx_rows = read_rows(torch_csv), read_rows(onnx_csv)
+    assert [r[0] for r in torch_rows] == [r[0] for r in onnx_rows]
+    shape = np.asarray(Image.open(next(images_dir.iterdir()))).shape[:2]
+    agree = [
+        np.mean(rle_decode(a[1], shape) == rle_decode(b[1], shape))
+        for a, b in zip(torch_rows[1:], onnx_rows[1:], strict=True)
+    ]
+    assert min(agree) >= 0.999

@@ -1,0 +1,153 @@
+"""Segment a folder of images: the competition's submission CSV, and optional lossless PNG masks.
+
+python train/predict.py --model PATH_OR_REPO --images DIR --output submission.csv
+    [--masks-dir DIR] [--tta] [--batch-size N] [--backend torch|onnx] [--sample-submission CSV] [--skip-bad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neopolyp_hf import ImageLoadError, NeoPolypUNet, colorize_mask, load_image, rle_encode  # noqa: E402
+from neopolyp_hf.atomic import write_atomic, write_text_atomic  # noqa: E402
+from neopolyp_hf.classes import NEOPLASTIC, NON_NEOPLASTIC  # noqa: E402
+from neopolyp_hf.data import IMAGE_SUFFIXES  # noqa: E402
+from neopolyp_hf.model import ModelSourceError  # noqa: E402
+from neopolyp_hf.serving import pick_device  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(description="Segment a folder; write the submission CSV.")
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (or a .onnx file with onnx)")
+    parser.add_argument("--revision", default=None, help="Hub revision of --model")
+    parser.add_argument("--images", required=True, help="folder of .jpeg/.jpg/.png images")
+    parser.add_argument("--output", required=True, help="submission CSV to write (atomically)")
+    parser.add_argument("--masks-dir", default=None, help="also write colour masks as lossless <id>.png")
+    parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    parser.add_argument("--sample-submission", default=None, help="write rows in this CSV's order")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images (empty masks), say which")
+    parser.add_argument("--no-lesion-consistency", action="store_true")
+    return parser
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Images of a folder by id (file stem)."""
+    if not folder.is_dir():
+        raise SystemExit(f"error: image folder '{folder}' does not exist")
+    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise SystemExit(f"error: no {', '.join(IMAGE_SUFFIXES)} images in '{folder}'")
+    return images
+
+
+def sample_ids(path: Path) -> list[str]:
+    """Image ids in the order of a sample submission's rows."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as error:
+        raise SystemExit(f"error: cannot read sample submission '{path}': {error}") from error
+    if not rows or rows[0][:2] != ["Id", "Expected"]:
+        raise SystemExit(f"error: sample submission '{path}' must start with the header Id,Expected")
+    ids: list[str] = []
+    for row in rows[1:]:
+        image_id, _, suffix = row[0].rpartition("_")
+        if suffix not in ("0", "1") or not image_id:
+            raise SystemExit(f"error: sample submission '{path}' has a malformed Id {row[0]!r}")
+        if image_id not in ids:
+            ids.append(image_id)
+    return ids
+
+
+def load_backend(args: argparse.Namespace, workdir: Path):
+    """The torch model, or its ONNX Runtime twin (exported on the fly unless --model is a .onnx file)."""
+    try:
+        if args.backend == "onnx":
+            from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx
+
+            if args.model.endswith(".onnx"):
+                return OnnxSegmenter(args.model)
+            model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision)
+            return OnnxSegmenter(export_onnx(model, workdir / "model.onnx"))
+        return NeoPolypUNet.from_pretrained(args.model, revision=args.revision).to(pick_device())
+    except (ModelSourceError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from error
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Predict every image and write the CSV (and masks); returns the CSV's path."""
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be at least 1")
+    images = list_images(Path(args.images))
+    ids = list(images)
+    if args.sample_submission:
+        ids = sample_ids(Path(args.sample_submission))
+        missing = [i for i in ids if i not in images]
+        if missing:
+            raise SystemExit(
+                f"error: {len(missing)} id(s) of the sample submission have no image in "
+                f"'{args.images}', e.g. '{missing[0]}'"
+            )
+
+    # Every image is read once before anything is written, so a bad one stops the run early.
+    bad: dict[str, str] = {}
+    for image_id in tqdm(ids, desc="check images", leave=False):
+        try:
+            load_image(images[image_id])
+        except ImageLoadError as error:
+            bad[image_id] = str(error)
+    if bad and not args.skip_bad:
+        first = next(iter(bad.values()))
+        raise SystemExit(f"error: {len(bad)} unreadable image(s), nothing written: {first} (use --skip-bad to skip)")
+    for image_id, reason in bad.items():
+        print(f"skipped {image_id}: {reason} (empty masks written)", file=sys.stderr)
+
+    masks_dir = Path(args.masks_dir) if args.masks_dir else None
+    if masks_dir:
+        masks_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, tuple[str, str]] = {i: ("", "") for i in bad}
+    good = [i for i in ids if i not in bad]
+    with tempfile.TemporaryDirectory() as workdir:
+        backend = load_backend(args, Path(workdir))
+        with tqdm(total=len(good), desc=f"predict ({args.backend})") as bar:
+            for start in range(0, len(good), args.batch_size):
+                chunk = good[start : start + args.batch_size]
+                predictions = backend.predict_batch(
+                    [images[i] for i in chunk], tta=args.tta, lesion_consistency=not args.no_lesion_consistency
+                )
+                for image_id, prediction in zip(chunk, predictions, strict=True):
+                    rows[image_id] = (
+                        rle_encode(prediction.mask == NEOPLASTIC),
+                        rle_encode(prediction.mask == NON_NEOPLASTIC),
+                    )
+                    if masks_dir:
+                        picture = Image.fromarray(colorize_mask(prediction.mask, prediction.class_colors))
+                        write_atomic(masks_dir / f"{image_id}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+                bar.update(len(chunk))
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Id", "Expected"])
+    for image_id in ids:
+        writer.writerow([f"{image_id}_0", rows[image_id][0]])
+        writer.writerow([f"{image_id}_1", rows[image_id][1]])
+    output = write_text_atomic(args.output, buffer.getvalue())
+    print(f"wrote {output}: {len(ids)} image(s), {2 * len(ids)} rows" + (f", {len(bad)} skipped" if bad else ""))
+    return output
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
