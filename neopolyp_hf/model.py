@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.repocard_data import EvalResult
@@ -225,22 +225,36 @@ def _fetch_from_hub(repo_id: str, filename: str, kwargs: dict[str, Any]) -> str:
     revision = download_args.get("revision") or "main"
     try:
         return hf_hub_download(repo_id=repo_id, filename=filename, **download_args)
-    except EntryNotFoundError as error:
-        hint = ""
-        if filename == hub_constants.SAFETENSORS_SINGLE_FILE:
-            hint = "; NeoPolyp loads safetensors only and never unpickles pytorch_model.bin or .pth files"
-        raise ModelSourceError(f"Hub repo '{repo_id}' (revision {revision}) has no {filename}{hint}") from error
     except LocalEntryNotFoundError as error:
         raise ModelSourceError(
             f"'{repo_id}' is not a local folder, and {filename} of Hub repo '{repo_id}' (revision {revision}) "
             "is neither cached nor downloadable (offline, or the Hub is unreachable)"
         ) from error
-    except HfHubHTTPError as error:
+    except (EntryNotFoundError, HfHubHTTPError) as error:
+        if filename == hub_constants.SAFETENSORS_SINGLE_FILE:
+            pickles = _pickle_files_in_repo(repo_id, download_args)
+            if pickles:
+                raise ModelSourceError(
+                    f"Hub repo '{repo_id}' (revision {revision}) holds only pickle weights {pickles}; NeoPolyp "
+                    f"loads {filename} only and never unpickles files"
+                ) from error
+        if isinstance(error, EntryNotFoundError):
+            raise ModelSourceError(f"Hub repo '{repo_id}' (revision {revision}) has no {filename}") from error
         raise ModelSourceError(
-            f"cannot load Hub repo '{repo_id}' (revision {revision}): {type(error).__name__}: {error}"
+            f"cannot load Hub repo '{repo_id}' (revision {revision}): {type(error).__name__}: "
+            f"{str(error).splitlines()[0]}"
         ) from error
     except ValueError as error:  # HFValidationError: not a valid repo id nor an existing folder
         raise ModelSourceError(f"'{repo_id}' is neither a model folder nor a valid Hub repo id: {error}") from error
+
+
+def _pickle_files_in_repo(repo_id: str, download_args: dict[str, Any]) -> list[str]:
+    """Names of pickle checkpoints in a Hub repo (listing only: nothing is downloaded)."""
+    try:
+        files = HfApi(token=download_args.get("token")).list_repo_files(repo_id, revision=download_args.get("revision"))
+    except Exception:  # the listing is only for a better message
+        return []
+    return sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
 
 
 def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, timeout_s: float = 3.0) -> None:
