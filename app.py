@@ -1,7 +1,8 @@
 """NeoPolyp Space: colon-polyp segmentation demo (Gradio). Research software, not for clinical use.
 
 Environment: NEOPOLYP_MODEL (model folder or Hub repo id), NEOPOLYP_REVISION (optional),
-NEOPOLYP_MAX_PIXELS (optional), and Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+NEOPOLYP_MAX_PIXELS and NEOPOLYP_PRECISION (fp32 or bf16; optional),
+and Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ MODEL_SOURCE = os.environ.get("NEOPOLYP_MODEL", DEFAULT_MODEL)
 MAX_PIXELS = int(os.environ.get("NEOPOLYP_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 try:
-    MODEL, INFO = load_model_for_serving(MODEL_SOURCE, os.environ.get("NEOPOLYP_REVISION") or None)
-except ModelSourceError as error:
+    MODEL, INFO = load_model_for_serving(
+        MODEL_SOURCE, os.environ.get("NEOPOLYP_REVISION") or None, os.environ.get("NEOPOLYP_PRECISION", "fp32")
+    )
+except (ModelSourceError, ValueError) as error:
     sys.exit(f"NeoPolyp cannot start: {error}")
 
 try:  # ZeroGPU Spaces hand out the GPU per call.
@@ -142,7 +145,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation") as demo:
     )
     gr.Examples(make_examples(), inputs=image_input, label="Synthetic examples")
     gr.Markdown(
-        f"Model: `{INFO.source}` · revision: `{INFO.revision}` · device: `{INFO.device}` · "
+        f"Model: `{INFO.source}` · revision: `{INFO.revision}` · device: `{INFO.device}` ({INFO.precision}) · "
         f"input {MODEL.config['input_size']} px, trained on: {', '.join(INFO.datasets) or 'unknown'}",
         elem_id="model-info",
     )

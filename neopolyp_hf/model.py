@@ -31,6 +31,7 @@ REPO_URL = "https://github.com/neopolyp/neopolyp"
 MODEL_CARD_TEMPLATE = (Path(__file__).with_name("model_card.md")).read_text(encoding="utf-8")
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 DATASET_ID = "bkai-igh-neopolyp"
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 
 class ModelSourceError(OSError):
@@ -84,6 +85,8 @@ class NeoPolypUNet(
             raise ConfigError(f"config field 'encoder_name': unknown encoder {encoder_name!r}") from error
         # The weights saved with the model already hold the encoder: loading must never download.
         self._hub_mixin_config = {**config, "encoder_weights": None}
+        self.inference_precision = "fp32"
+        self.channels_last = False
 
     @property
     def config(self) -> dict[str, Any]:
@@ -114,13 +117,28 @@ class NeoPolypUNet(
         """Segment several images with one forward call (keyword arguments as `predict`)."""
         return predict_images(self._forward_numpy, self._hub_mixin_config, images, **kwargs)
 
+    def optimize_for_inference(self, precision: str = "fp32") -> NeoPolypUNet:
+        """Eval mode and channels-last weights (oneDNN's fast convolution layout); `precision`
+        "bf16" also runs the forward in bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs)."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
+        self.inference_precision, self.channels_last = precision, True
+        return self.eval().to(memory_format=torch.channels_last)
+
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
         # Inference needs eval mode (batch-norm statistics). Setting it, never toggling it back,
         # keeps concurrent predict calls on one model free of races.
         if self.training:
             self.eval()
-        with torch.inference_mode():
-            return self(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        device = self.device
+        images = torch.from_numpy(batch).to(device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.inference_precision == "bf16"),
+        ):
+            return self(images).float().cpu().numpy()
 
     # --- Hub integration -------------------------------------------------------------------
 

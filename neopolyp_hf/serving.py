@@ -24,6 +24,7 @@ class ModelInfo:
     source: str
     revision: str
     device: str
+    precision: str
     datasets: tuple[str, ...]
 
     @property
@@ -47,13 +48,15 @@ def _card_path(source: str, revision: str | None) -> Path | None:
         return None
 
 
-def load_model_for_serving(source: str, revision: str | None = None) -> tuple[NeoPolypUNet, ModelInfo]:
-    """Load a model folder or Hub repo onto the best device; errors name the source."""
+def load_model_for_serving(
+    source: str, revision: str | None = None, precision: str = "fp32"
+) -> tuple[NeoPolypUNet, ModelInfo]:
+    """Load a model folder or Hub repo onto the best device, ready for inference; errors name the source."""
     if not source:
         raise ModelSourceError("no model source given: set NEOPOLYP_MODEL to a model folder or a Hub repo id")
     device = pick_device()
     try:
-        model = NeoPolypUNet.from_pretrained(source, revision=revision).to(device).eval()
+        model = NeoPolypUNet.from_pretrained(source, revision=revision).to(device).optimize_for_inference(precision)
     except (ModelSourceError, ValueError) as error:
         raise ModelSourceError(f"cannot load model '{source}': {error}") from error
     local = os.path.isdir(source)
@@ -64,7 +67,7 @@ def load_model_for_serving(source: str, revision: str | None = None) -> tuple[Ne
         if not local and card.parent.parent.name == "snapshots":
             resolved = f"{revision or 'main'} ({card.parent.name[:10]})"  # the commit that was pulled
         datasets = tuple(ModelCard.load(card).data.to_dict().get("datasets") or ())
-    return model, ModelInfo(source=source, revision=resolved, device=str(device), datasets=datasets)
+    return model, ModelInfo(source, resolved, str(device), precision, datasets)
 
 
 def percentages_summary(prediction: Prediction) -> dict[str, dict[str, float]]:

@@ -105,7 +105,8 @@ def _call(client, path):
 @pytest.mark.slow
 def test_api_matches_the_package(client, served, example_image):
     overlay_path, percentages, lesions = _call(client, example_image)
-    expected = NeoPolypUNet.from_pretrained(served[1]).predict(example_image)
+    # The app serves the model prepared for inference (channels-last): compare like with like.
+    expected = NeoPolypUNet.from_pretrained(served[1]).optimize_for_inference().predict(example_image)
     assert np.array_equal(np.asarray(Image.open(overlay_path).convert("RGB")), np.asarray(expected.overlay))
     assert percentages == percentages_summary(expected)
     assert len(lesions["data"]) == len(expected.lesions)

@@ -141,7 +141,7 @@ def test_space_pulls_by_repo_id_and_pins_revisions(pushed, hub, hub_env, tmp_pat
     from neopolyp_hf.synthetic import synthetic_pair
 
     Image.fromarray(synthetic_pair(np.random.default_rng(5), 120, 160)[0]).save(image)
-    expected = NeoPolypUNet.from_pretrained(pushed / "best").predict(image)
+    expected = NeoPolypUNet.from_pretrained(pushed / "best").optimize_for_inference().predict(image)
 
     # A second, different model on main; the first stays reachable by its commit.
     result = run_python(

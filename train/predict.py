@@ -40,6 +40,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-submission", default=None, help="write rows in this CSV's order")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images (empty masks), say which")
     parser.add_argument("--no-lesion-consistency", action="store_true")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="torch backend: bf16 autocast is faster on CPUs with AVX512-BF16, slightly less exact",
+    )
     return parser
 
 
@@ -82,7 +88,8 @@ def load_backend(args: argparse.Namespace, workdir: Path):
                 return OnnxSegmenter(args.model)
             model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision)
             return OnnxSegmenter(export_onnx(model, workdir / "model.onnx"))
-        return NeoPolypUNet.from_pretrained(args.model, revision=args.revision).to(pick_device())
+        model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision).to(pick_device())
+        return model.optimize_for_inference(args.precision)
     except (ModelSourceError, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from error
 

@@ -25,6 +25,7 @@ class Recipe:
     class_weighted_ce: bool
     dice_polyp_classes_only: bool
     minority_oversampling: float  # sampling weight of images holding the minority class (1 = none)
+    ce_weight_power: float = 0.5  # class weight = frequency ** -power (0.5: inverse square root)
     extra: dict = field(default_factory=dict)
 
 
@@ -129,17 +130,17 @@ class DiceCrossEntropyLoss(nn.Module):
         return self.dice(logits, target) + self.ce(logits, target)
 
 
-def class_weights(pixel_counts: torch.Tensor) -> torch.Tensor:
-    """Inverse-square-root frequency weights, normalized to mean 1: rare classes count more, gently."""
+def class_weights(pixel_counts: torch.Tensor, power: float = 0.5) -> torch.Tensor:
+    """Weights frequency ** -power, normalized to mean 1: rare classes count more (gently at 0.5)."""
     frequency = pixel_counts.double() / pixel_counts.sum().clamp(min=1)
-    weights = 1.0 / frequency.clamp(min=1e-6).sqrt()
+    weights = frequency.clamp(min=1e-6) ** -power
     return (weights / weights.mean()).float()
 
 
 def build_loss(recipe: Recipe, num_classes: int, pixel_counts: torch.Tensor) -> DiceCrossEntropyLoss:
     """The recipe's loss, with class weights from the training set's pixel counts."""
     dice_classes = list(range(1, num_classes)) if recipe.dice_polyp_classes_only else None
-    weight = class_weights(pixel_counts) if recipe.class_weighted_ce else None
+    weight = class_weights(pixel_counts, recipe.ce_weight_power) if recipe.class_weighted_ce else None
     return DiceCrossEntropyLoss(num_classes, dice_classes, weight)
 
 
