@@ -166,6 +166,7 @@ class NeoPolypUNet(
             template_str=self._hub_mixin_info.model_card_template,
             repo_url=self._hub_mixin_info.repo_url,
             model_config=json.dumps(self._hub_mixin_config, indent=2),
+            encoder_name=self._hub_mixin_config["encoder_name"],
             metrics=metrics,
             dataset=dataset,
             **kwargs,

@@ -78,29 +78,31 @@ def test_bad_data_is_refused_before_training(tmp_path, case):
     assert not (tmp_path / "out" / "best").exists() and not (tmp_path / "out" / "last").exists()
 
 
-def test_imagenet_offline_fails_fast(tmp_path, synthetic_data):
+@pytest.mark.parametrize(
+    "network",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["offline-mode", "hub-unreachable"],
+)
+def test_imagenet_unavailable_fails_fast_with_advice(tmp_path, synthetic_data, network):
     started = time.perf_counter()
-    result = subprocess.run(
-        [
-            *TRAIN,
-            "--data-dir",
-            str(synthetic_data),
-            "--output-dir",
-            str(tmp_path / "o"),
-            "--epochs",
-            "1",
-            "--image-size",
-            "64",
-            "--encoder-weights",
-            "imagenet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=120,
-    )
+    command = [
+        *TRAIN,
+        "--data-dir",
+        str(synthetic_data),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--encoder-weights",
+        "imagenet",
+    ]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **network}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0
     assert "--encoder-weights none" in result.stderr
+    assert not (tmp_path / "o" / "best").exists()
     assert time.perf_counter() - started < 60  # not the 25 s+ hang of a blind download attempt, plus start-up
 
 
