@@ -142,3 +142,29 @@ def predict_images(
 def predict_image(forward: ForwardFn, config: dict[str, Any], image: ImageInput, **kwargs) -> Prediction:
     """`predict_images` for one image."""
     return predict_images(forward, config, [image], **kwargs)[0]
+
+
+class Segmenter:
+    """`predict` and `predict_batch` for a backend that supplies `_forward_numpy` and `_inference_config`."""
+
+    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def _inference_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        tta: bool = False,
+        lesion_consistency: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Prediction:
+        """Segment one image (path, bytes, PIL image or array) at its original size."""
+        return self.predict_batch([image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], **kwargs) -> list[Prediction]:
+        """Segment several images with one forward call (keyword arguments as `predict`)."""
+        return predict_images(self._forward_numpy, self._inference_config, images, **kwargs)

@@ -22,8 +22,7 @@ from torch import nn
 
 from .classes import DEFAULT_CLASS_COLORS, DEFAULT_CLASS_NAMES
 from .config import ConfigError, validate_config
-from .inference import Prediction, predict_images
-from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput
+from .inference import Segmenter
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -40,6 +39,7 @@ class ModelSourceError(OSError):
 
 class NeoPolypUNet(
     nn.Module,
+    Segmenter,
     PyTorchModelHubMixin,
     library_name="neopolyp-hf",
     license="mit",
@@ -48,7 +48,11 @@ class NeoPolypUNet(
     repo_url=REPO_URL,
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
-    """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp."""
+    """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp.
+
+    `predict(image)` (from `Segmenter`) segments one image at its original size; it puts the
+    model in eval mode.
+    """
 
     def __init__(
         self,
@@ -102,20 +106,9 @@ class NeoPolypUNet(
         """Normalized images (N, 3, S, S) -> class logits (N, C, S, S)."""
         return self.unet(images)
 
-    def predict(
-        self,
-        image: ImageInput,
-        *,
-        tta: bool = False,
-        lesion_consistency: bool = True,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> Prediction:
-        """Segment one image (path, bytes, PIL image or array) at its original size; sets eval mode."""
-        return self.predict_batch([image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels)[0]
-
-    def predict_batch(self, images: list[ImageInput], **kwargs) -> list[Prediction]:
-        """Segment several images with one forward call (keyword arguments as `predict`)."""
-        return predict_images(self._forward_numpy, self._hub_mixin_config, images, **kwargs)
+    @property
+    def _inference_config(self) -> dict[str, Any]:
+        return self._hub_mixin_config
 
     def optimize_for_inference(self, precision: str = "fp32") -> NeoPolypUNet:
         """Eval mode and channels-last weights (oneDNN's fast convolution layout); `precision`

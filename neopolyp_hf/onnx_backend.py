@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from .config import validate_config
-from .inference import Prediction, predict_images
+from .inference import Segmenter
 from .model import NeoPolypUNet
-from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput
 
 CONFIG_KEY = "neopolyp_config"
 
@@ -53,7 +52,7 @@ def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(Segmenter):
     """An exported model run by ONNX Runtime on the CPU."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -80,17 +79,9 @@ class OnnxSegmenter:
         """(N, 3, S, S) float32 -> (N, C, S, S) float32 logits."""
         return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
 
-    def predict(
-        self,
-        image: ImageInput,
-        *,
-        tta: bool = False,
-        lesion_consistency: bool = True,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> Prediction:
-        """Segment one image, exactly as `NeoPolypUNet.predict` does."""
-        return self.predict_batch([image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels)[0]
+    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)
 
-    def predict_batch(self, images: list[ImageInput], **kwargs) -> list[Prediction]:
-        """Segment several images with one forward call."""
-        return predict_images(self.forward, self.config, images, **kwargs)
+    @property
+    def _inference_config(self) -> dict[str, Any]:
+        return self.config

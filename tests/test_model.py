@@ -145,3 +145,16 @@ def test_loading_never_downloads(random_model, tmp_path, monkeypatch):
     random_model.save_pretrained(tmp_path / "m")
     shutil.copytree(tmp_path / "m", tmp_path / "copy")
     assert NeoPolypUNet.from_pretrained(tmp_path / "copy").config["encoder_weights"] is None
+
+
+def test_optimize_for_inference_keeps_the_predictions(random_model):
+    import copy
+
+    image = np.random.default_rng(3).integers(0, 255, (70, 90, 3)).astype(np.uint8)
+    plain = random_model.predict(image).mask
+    fast = copy.deepcopy(random_model).optimize_for_inference("fp32")
+    assert fast.channels_last and (fast.predict(image).mask == plain).mean() > 0.999
+    bf16 = copy.deepcopy(random_model).optimize_for_inference("bf16")
+    assert bf16.predict(image).mask.shape == (70, 90)
+    with pytest.raises(ValueError, match="precision"):
+        copy.deepcopy(random_model).optimize_for_inference("int4")
