@@ -26,6 +26,7 @@ class Recipe:
     dice_polyp_classes_only: bool
     minority_oversampling: float  # sampling weight of images holding the minority class (1 = none)
     ce_weight_power: float = 0.5  # class weight = frequency ** -power (0.5: inverse square root)
+    batch_size: int = 8
     extra: dict = field(default_factory=dict)
 
 

@@ -52,7 +52,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="change one field of the recipe (repeatable), e.g. minority_oversampling=1",
     )
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (8)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--image-size", type=int, default=256, help="square input size, a multiple of 32")
     parser.add_argument("--encoder-name", default="resnet34")
@@ -232,6 +232,7 @@ def main(args: argparse.Namespace) -> dict:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     lr = args.lr if args.lr is not None else recipe.lr
+    batch_size = args.batch_size or recipe.batch_size
     scheduler_name = args.scheduler or recipe.scheduler
 
     accelerator = Accelerator(
@@ -253,7 +254,7 @@ def main(args: argparse.Namespace) -> dict:
     train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
     val_set = SegmentationDataset(val_cache, config["mean"], config["std"])
     loader_args = {
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "num_workers": args.num_workers,
         "worker_init_fn": _seed_augmentation_worker,
         "persistent_workers": args.num_workers > 0,
@@ -263,7 +264,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_args)
     if len(train_loader) == 0:
-        raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {args.batch_size}")
+        raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {batch_size}")
 
     pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
     loss_fn = presets.build_loss(recipe, len(config["class_names"]), pixel_counts).to(accelerator.device)
