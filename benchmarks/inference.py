@@ -231,7 +231,8 @@ def main() -> None:
         shapes = {p.stem: np.asarray(Image.open(p)).shape[:2] for p in images}
         naive_rows, base_rate = None, None
         for name, (run, output) in runs.items():
-            with contextlib.redirect_stdout(io.StringIO()):  # predict.py's own summary line
+            # predict.py's own summary line and progress bars stay out of the table.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 seconds = median_ms(run, max(3, args.repeats // 5), warmup=1) / 1000
             rate = len(images) / seconds
             base_rate = base_rate or rate
