@@ -46,8 +46,8 @@ RECIPES = {
     "neopolyp": Recipe(
         name="neopolyp",
         description=(
-            "The project's default: AdamW one-cycle to 1e-3, class-weighted CE + Dice over the polyp "
-            "classes, scale/shift/rotate and colour jitter, minority-class oversampling."
+            "The project's default: AdamW one-cycle to 1e-3, batch 4, class-weighted CE + Dice over the "
+            "polyp classes, scale/shift/rotate and colour jitter, non-neoplastic images drawn 3x as often."
         ),
         optimizer="adamw",
         lr=1e-3,
@@ -56,7 +56,8 @@ RECIPES = {
         strong_augmentation=True,
         class_weighted_ce=True,
         dice_polyp_classes_only=True,
-        minority_oversampling=2.0,
+        minority_oversampling=3.0,
+        batch_size=4,
     ),
 }
 
