@@ -139,11 +139,6 @@ def predict_images(
     return predictions
 
 
-def predict_image(forward: ForwardFn, config: dict[str, Any], image: ImageInput, **kwargs) -> Prediction:
-    """`predict_images` for one image."""
-    return predict_images(forward, config, [image], **kwargs)[0]
-
-
 class Segmenter:
     """`predict` and `predict_batch` for a backend that supplies `_forward_numpy` and `_inference_config`."""
 

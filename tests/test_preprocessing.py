@@ -6,7 +6,7 @@ from PIL import Image
 
 from neopolyp_hf import ImageLoadError, load_image
 from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs
-from neopolyp_hf.inference import predict_image
+from neopolyp_hf.inference import predict_images
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:
@@ -90,7 +90,7 @@ def test_training_eval_transform_equals_predict_preprocessing(synthetic_data):
             seen.append(batch.copy())
             return np.zeros((batch.shape[0], 3, 96, 96), np.float32)
 
-        predict_image(forward, config, sample.image_path)
+        predict_images(forward, config, [sample.image_path])
         train_tensor = dataset[index][0].numpy()
         assert seen[0].shape == (1, 3, 96, 96)
         assert np.array_equal(seen[0][0], train_tensor)

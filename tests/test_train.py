@@ -183,6 +183,7 @@ def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypa
     metrics = {m["name"]: m["value"] for m in results["metrics"]}
     assert metrics["dice_mean"] == pytest.approx(best["val_dice_mean"])
     assert "research" in uploaded["card"].text.lower() and "clinical" in uploaded["card"].text
+    assert '"batch_size": 4' in uploaded["card"].text and '"lr": 0.001' in uploaded["card"].text
 
 
 def test_push_needs_a_repo_id(tmp_path):

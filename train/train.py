@@ -165,10 +165,12 @@ def evaluate(model, loss_fn, loader, accelerator, class_names, epoch, channels_l
     return {"val_loss": float(stats[0] / stats[1]), **{f"val_{k}": v for k, v in dice.compute().items()}}
 
 
-def card_kwargs(args: argparse.Namespace, metrics: dict[str, float]) -> dict:
-    """What the model card shows: the data, the val metrics that chose this checkpoint, the arguments."""
+def card_kwargs(args: argparse.Namespace, metrics: dict[str, float], resolved: dict) -> dict:
+    """What the model card shows: the data, the val metrics that chose this checkpoint, the arguments
+    (with the values the recipe filled in, not the command line's unset defaults)."""
     card_metrics = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_dice")}
     training_args = {k: v for k, v in vars(args).items() if k not in ("push", "private", "resume")}
+    training_args.update(resolved)
     synthetic = (Path(args.data_dir) / MARKER_FILE).is_file()
     return {
         "metrics": card_metrics,
@@ -234,6 +236,7 @@ def main(args: argparse.Namespace) -> dict:
     lr = args.lr if args.lr is not None else recipe.lr
     batch_size = args.batch_size or recipe.batch_size
     scheduler_name = args.scheduler or recipe.scheduler
+    resolved = {"recipe": recipe.name, "lr": lr, "batch_size": batch_size, "scheduler": scheduler_name}
 
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -308,7 +311,7 @@ def main(args: argparse.Namespace) -> dict:
         if improved:
             state.update(best_epoch=epoch, best_dice=metrics["val_dice_mean"], best_metrics=metrics)
             if accelerator.is_main_process:
-                save_best(accelerator.unwrap_model(model), out, card_kwargs(args, metrics))
+                save_best(accelerator.unwrap_model(model), out, card_kwargs(args, metrics, resolved))
         state["epoch"] = epoch
         state["history"].append(record)
         save_last(accelerator, out, state)
