@@ -1,112 +1,191 @@
-"""Train recipes under one budget on one seeded, stratified split; score each at full resolution.
+"""Cross-validated quality of training recipes under the CPU protocol; or the protocol's one command.
 
-    python benchmarks/quality.py --data-dir ../shared/data/bkai-igh-neopolyp --output-dir runs/quality \
-        [--recipes reference neopolyp] [--epochs 30] [--image-size 128]
+    # k stratified, seeded folds over all pairs: train on k-1, score the left-out fold at full
+    # resolution (pixel Dice and lesion metrics, with and without flip TTA); mean and spread
+    python benchmarks/quality.py --data-dir ../shared/data/bkai-igh-neopolyp --output-dir runs/quality \\
+        --folds 3 [--recipes neopolyp reference] [--only-folds 0] [--epochs N]
+
+    # the one train/train.py command line that trains the default recipe under the CPU budget
+    python benchmarks/quality.py --print-command --data-dir D --output-dir O
 
 A recipe is a name from train/presets.py, optionally with overrides for ablations:
-`neopolyp:minority_oversampling=1,class_weighted_ce=false`.
+`neopolyp:minority_oversampling=1,class_weighted_ce=false`. Each recipe brings its CPU input
+size and epochs (`cpu_image_size`, `cpu_epochs`). Every fold run resumes where it stopped and
+keeps its scores in OUTPUT_DIR/<recipe>/fold<k>/scores.json; the summary goes to
+OUTPUT_DIR/quality_folds.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(ROOT))
 
-from evaluate import evaluate_model, read_ids, select_samples  # noqa: E402
+import presets  # noqa: E402
+from evaluate import evaluate_model, select_samples  # noqa: E402
 
 from neopolyp_hf import NeoPolypUNet  # noqa: E402
+from neopolyp_hf.atomic import write_text_atomic  # noqa: E402
+from neopolyp_hf.data import build_cache, find_pairs, stratified_folds  # noqa: E402
 
-COLUMNS = ("dice_neoplastic", "dice_non_neoplastic", "dice_mean", "dice_per_image")
-
-
-def train_recipe(spec: str, args: argparse.Namespace) -> tuple[Path, float]:
-    """Run train/train.py for one recipe spec in its own process; returns (output dir, wall seconds)."""
-    name, _, overrides = spec.partition(":")
-    out = Path(args.output_dir) / spec.replace(":", "__").replace(",", "_").replace("=", "-")
-    command = [
-        sys.executable,
-        str(ROOT / "train" / "train.py"),
-        "--data-dir",
-        args.data_dir,
-        "--output-dir",
-        str(out),
-        "--recipe",
-        name,
-        "--epochs",
-        str(args.epochs),
-        "--image-size",
-        str(args.image_size),
-        "--encoder-weights",
-        "none",
-        "--seed",
-        str(args.seed),
-        "--num-overlays",
-        "0",
-    ]
-    for override in filter(None, overrides.split(",")):
-        command += ["--recipe-override", override]
-    if (out / "best" / "config.json").is_file() and (out / "training_state.done").is_file():
-        return out, float((out / "training_state.done").read_text())
-    if (out / "last").is_dir():
-        command.append("--resume")
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - started
-    (out / "training_state.done").write_text(f"{seconds:.1f}")
-    return out, seconds
+DEFAULT_RECIPE = "neopolyp"
+# What the README table shows, per true class where it says <class>.
+COLUMNS = (
+    "dice_neoplastic",
+    "dice_non_neoplastic",
+    "dice_mean",
+    "dice_per_image",
+    "lesion_recall_neoplastic",
+    "lesion_recall_non_neoplastic",
+    "lesion_class_accuracy_neoplastic",
+    "lesion_class_accuracy_non_neoplastic",
+    "lesion_balanced_accuracy",
+    "ceiling_dice_non_neoplastic",
+    "ceiling_dice_mean",
+)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--output-dir", default="runs/quality")
-    parser.add_argument("--recipes", nargs="+", default=["reference", "neopolyp"])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--recipes", nargs="+", default=["reference", DEFAULT_RECIPE])
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None, help="screening: run these folds only")
+    parser.add_argument("--epochs", type=int, default=None, help="screening: fewer epochs than the recipe's")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the training")
+    parser.add_argument("--print-command", action="store_true", help="print the CPU protocol's train.py command")
+    return parser
 
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """'name:field=value,field=value' -> (name, ['field=value', ...])."""
+    name, _, overrides = spec.partition(":")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def train_command(spec: str, data_dir: str, output_dir: str, epochs: int | None = None) -> list[str]:
+    """The train.py command line for a recipe spec under the CPU protocol."""
+    name, overrides = parse_spec(spec)
+    recipe = presets.resolve_recipe(name, overrides)
+    command = [
+        "python",
+        "train/train.py",
+        "--data-dir",
+        data_dir,
+        "--output-dir",
+        output_dir,
+        "--recipe",
+        name,
+        "--image-size",
+        str(recipe.cpu_image_size),
+        "--epochs",
+        str(epochs or recipe.cpu_epochs),
+        "--encoder-weights",
+        "none",
+        # The one-cycle schedule ends near zero: keep the last epoch, and validate only for the curves.
+        "--checkpoint",
+        "last",
+        "--val-every",
+        "5",
+    ]
+    for override in overrides:
+        command += ["--recipe-override", override]
+    return command
+
+
+def run_fold(spec: str, fold: int, folds: list[list[str]], args: argparse.Namespace) -> dict:
+    """Train a recipe on all folds but `fold`, score it on `fold`; resumable, cached in scores.json."""
+    out = Path(args.output_dir) / spec.replace(":", "__").replace(",", "_").replace("=", "-") / f"fold{fold}"
+    scores_path = out / "scores.json"
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    split = {
+        "fold": fold,
+        "seed": args.seed,
+        "train": sorted(i for k, ids in enumerate(folds) if k != fold for i in ids),
+        "val": folds[fold],
+    }
+    write_text_atomic(out / "fold_split.json", json.dumps(split, indent=1))
+    if not (out / "training.done").is_file():
+        command = train_command(spec, args.data_dir, str(out), args.epochs)
+        command[:2] = [sys.executable, str(ROOT / "train" / "train.py")]
+        command += ["--split", str(out / "fold_split.json")]
+        command += ["--seed", str(args.seed), "--num-overlays", "0"]
+        if (out / "last").is_dir() or (out / "last.old").is_dir():
+            command.append("--resume")
+        subprocess.run(command, check=True)
+        write_text_atomic(out / "training.done", "")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    model = NeoPolypUNet.from_pretrained(out / "best")
+    samples = select_samples(args.data_dir, folds[fold])
+    result = {"recipe": spec, "fold": fold, "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1)}
+    for tta in (False, True):
+        started = time.perf_counter()
+        scores = evaluate_model(model, samples, tta=tta)
+        result["tta" if tta else "plain"] = {**scores, "images": len(samples), "seconds": time.perf_counter() - started}
+    write_text_atomic(scores_path, json.dumps(result, indent=1))
+    return result
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Per recipe and TTA setting: mean, standard deviation, min and max of each metric over folds."""
     rows = []
-    for spec in args.recipes:
-        out, seconds = train_recipe(spec, args)
-        model = NeoPolypUNet.from_pretrained(out / "best")
-        samples = select_samples(args.data_dir, read_ids(out / "split.json"))
-        for tta in (False, True):
-            for consistency in (False, True):
-                scores = evaluate_model(model, samples, tta=tta, lesion_consistency=consistency)
-                rows.append(
-                    {
-                        "recipe": spec,
-                        "tta": tta,
-                        "lesion_consistency": consistency,
-                        "train_minutes": round(seconds / 60, 1),
-                        "val_images": len(samples),
-                        **scores,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
-    (Path(args.output_dir) / "quality.json").write_text(json.dumps(rows, indent=1))
-    print(
-        f"\n{args.epochs} epochs at {args.image_size} px, from scratch, seed {args.seed}; "
-        "Dice at full resolution on the held-out split\n"
-    )
-    print("| recipe | TTA | lesion consistency | " + " | ".join(COLUMNS) + " | train min |")
+    for spec in dict.fromkeys(r["recipe"] for r in results):
+        mine = [r for r in results if r["recipe"] == spec]
+        for mode in ("plain", "tta"):
+            row = {"recipe": spec, "tta": mode == "tta", "folds": [r["fold"] for r in mine]}
+            row["train_minutes_mean"] = float(np.mean([r["train_minutes"] for r in mine]))
+            for key in mine[0][mode]:
+                values = np.array([r[mode][key] for r in mine], dtype=float)
+                row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                row[key].update(min=float(values.min()), max=float(values.max()))
+            rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    """Markdown: mean ± standard deviation over folds."""
+    print("| recipe | TTA | folds | " + " | ".join(COLUMNS) + " | train min |")
     print("|---|---|---|" + "---|" * len(COLUMNS) + "---|")
     for row in rows:
-        print(
-            f"| {row['recipe']} | {'yes' if row['tta'] else 'no'} | {'yes' if row['lesion_consistency'] else 'no'} | "
-            + " | ".join(f"{row[c]:.3f}" for c in COLUMNS)
-            + f" | {row['train_minutes']} |"
-        )
+        cells = " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in COLUMNS)
+        folds = ",".join(map(str, row["folds"]))
+        tta = "yes" if row["tta"] else "no"
+        print(f"| {row['recipe']} | {tta} | {folds} | {cells} | {row['train_minutes_mean']:.1f} |")
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    """Print the protocol command, or run and summarize the folds."""
+    if args.print_command:
+        print(shlex.join(train_command(DEFAULT_RECIPE, args.data_dir, args.output_dir)))
+        return []
+    samples = find_pairs(args.data_dir)
+    strata = build_cache(samples, 32, workers=2, cache_dir=Path(args.output_dir) / "cache").strata
+    folds = stratified_folds([s.id for s in samples], strata, args.folds, args.seed)
+    results = []
+    for fold in args.only_folds if args.only_folds is not None else range(args.folds):
+        for spec in args.recipes:  # folds outer: an interrupted run still compares recipes on the same folds
+            results.append(run_fold(spec, fold, folds, args))
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "tta"}), flush=True)
+    rows = summarize(results)
+    write_text_atomic(Path(args.output_dir) / "quality_folds.json", json.dumps(rows, indent=1))
+    print(f"\n{args.folds} stratified folds (seed {args.seed}), from scratch; full-resolution, left-out fold\n")
+    print_table(rows)
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

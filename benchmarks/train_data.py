@@ -85,7 +85,7 @@ def main() -> None:
 
         model = NeoPolypUNet(input_size=args.image_size).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loss_fn = presets.build_loss(presets.RECIPES["neopolyp"], 3, torch.tensor([90, 8, 2]))
+        loss_fn = presets.build_loss(presets.RECIPES["neopolyp"], torch.tensor([90, 8, 2]))
         loader = torch.utils.data.DataLoader(
             SegmentationDataset(cache, MEAN, STD, augment), batch_size=args.batch_size, shuffle=True, drop_last=True
         )

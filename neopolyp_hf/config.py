@@ -14,7 +14,13 @@ CONFIG_FIELDS = (
     "std",
     "class_names",
     "class_colors",
+    "head",
 )
+# Fields added after the first release: configs saved before them load with these values.
+FIELD_DEFAULTS = {"head": "classes"}
+# "classes": one logit per class. "polyp_then_class": a class-agnostic polyp logit, then logits
+# of the polyp classes among polyp pixels (as NeoUNet and BlazeNeo), combined into class scores.
+HEADS = ("classes", "polyp_then_class")
 
 
 class ConfigError(ValueError):
@@ -34,6 +40,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(config) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown}; known fields are {list(CONFIG_FIELDS)}")
+    config = {**FIELD_DEFAULTS, **config}
     missing = [f for f in CONFIG_FIELDS if f not in config]
     if missing:
         raise ConfigError(f"config is missing field(s) {missing}")
@@ -75,6 +82,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         ):
             raise ConfigError(f"config field 'class_colors' entries must be [r, g, b] in 0..255, got {colour!r}")
 
+    if config["head"] not in HEADS:
+        raise ConfigError(f"config field 'head' must be one of {list(HEADS)}, got {config['head']!r}")
+
     return {
         "encoder_name": encoder_name,
         "encoder_weights": config["encoder_weights"],
@@ -83,4 +93,5 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         "std": std,
         "class_names": list(names),
         "class_colors": [list(c) for c in colors],
+        "head": config["head"],
     }

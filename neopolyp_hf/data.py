@@ -120,6 +120,24 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+def stratified_folds(ids: Sequence[str], strata: Sequence[str], folds: int, seed: int) -> list[list[str]]:
+    """Seeded, stratified k-fold partition of `ids`: each stratum dealt round-robin over the folds."""
+    if folds < 2 or folds > len(ids):
+        raise DataError(f"cannot make {folds} folds of {len(ids)} sample(s): use 2 to {len(ids)} folds")
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = {}
+    for sample_id, group in sorted(zip(ids, strata, strict=True)):
+        by_stratum.setdefault(group, []).append(sample_id)
+    result: list[list[str]] = [[] for _ in range(folds)]
+    offset = 0  # continue the deal across strata so that the folds' sizes differ by at most one
+    for group in sorted(by_stratum):
+        members = [by_stratum[group][i] for i in rng.permutation(len(by_stratum[group]))]
+        for position, sample_id in enumerate(members):
+            result[(offset + position) % folds].append(sample_id)
+        offset += len(members)
+    return [sorted(fold) for fold in result]
+
+
 @dataclass
 class ResizedCache:
     """Images and masks decoded once and resized to the training size, kept in memory."""

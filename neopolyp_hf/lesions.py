@@ -31,6 +31,12 @@ def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return count, labels, stats
 
 
+def region_votes(labels: np.ndarray, mask: np.ndarray, count: int, classes: int) -> np.ndarray:
+    """Pixels per (region, class) of `mask` in one integer bincount: a (count, classes) table."""
+    flat = labels.astype(np.int64) * classes + mask.astype(np.int64)
+    return np.bincount(flat.ravel(), minlength=count * classes).reshape(count, classes)
+
+
 def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     """Give each connected polyp region its majority polyp class (by pixel count).
 
@@ -40,9 +46,7 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     count, labels, _ = label_polyps(mask)
     if count <= 1:
         return mask
-    classes = int(mask.max()) + 1
-    # Pixels per (region, class) in one integer bincount.
-    votes = np.bincount((labels * classes + mask).ravel(), minlength=count * classes).reshape(count, classes)
+    votes = region_votes(labels, mask, count, int(mask.max()) + 1)
     votes[:, 0] = -1  # regions are polyp pixels only
     region_class = votes.argmax(axis=1).astype(mask.dtype)
     region_class[0] = 0

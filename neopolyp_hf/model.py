@@ -19,6 +19,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from huggingface_hub.repocard_data import EvalResult
 from safetensors.torch import load_model
 from torch import nn
+from torch.nn import functional as F
 
 from .classes import DEFAULT_CLASS_COLORS, DEFAULT_CLASS_NAMES
 from .config import ConfigError, validate_config
@@ -63,6 +64,7 @@ class NeoPolypUNet(
         std: list[float] = IMAGENET_STD,
         class_names: list[str] = list(DEFAULT_CLASS_NAMES),
         class_colors: list[list[int]] = [list(c) for c in DEFAULT_CLASS_COLORS],
+        head: str = "classes",
     ) -> None:
         super().__init__()
         config = validate_config(
@@ -74,6 +76,7 @@ class NeoPolypUNet(
                 "std": std,
                 "class_names": class_names,
                 "class_colors": class_colors,
+                "head": head,
             }
         )
         if encoder_weights is not None:
@@ -102,9 +105,11 @@ class NeoPolypUNet(
         """The device that holds the model's weights."""
         return next(self.parameters()).device
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalized images (N, 3, S, S) -> class logits (N, C, S, S)."""
-        return self.unet(images)
+    def forward(self, images: torch.Tensor, head_outputs: bool = False) -> torch.Tensor:
+        """Normalized images (N, 3, S, S) -> class scores (N, C, S, S) whose argmax is the prediction
+        (logits, or log-probabilities for the polyp-then-class head); `head_outputs` gives the raw outputs."""
+        outputs = self.unet(images)
+        return outputs if head_outputs else head_scores(outputs, self._hub_mixin_config["head"])
 
     @property
     def _inference_config(self) -> dict[str, Any]:
@@ -214,6 +219,16 @@ class NeoPolypUNet(
             )
         load_model(model, weights, strict=strict, device=str(map_location))
         return model.eval()
+
+
+def head_scores(outputs: torch.Tensor, head: str) -> torch.Tensor:
+    """Class scores from a head's raw outputs: the logits themselves, or for "polyp_then_class"
+    log P(background) = log(1 - p) and log P(class k) = log p + log q_k, with p the sigmoid of
+    the polyp logit and q the softmax of the class logits."""
+    if head == "classes":
+        return outputs
+    polyp, classes = outputs[:, :1], outputs[:, 1:]
+    return torch.cat([F.logsigmoid(-polyp), F.logsigmoid(polyp) + F.log_softmax(classes, dim=1)], dim=1)
 
 
 def _check_local_folder(folder: Path) -> None:

@@ -3,8 +3,7 @@ import pytest
 from PIL import Image
 
 from neopolyp_hf import harmonize_lesions
-from neopolyp_hf.data import DataError, build_cache, find_pairs, stratified_split, stratum
-from neopolyp_hf.metrics import DiceAccumulator
+from neopolyp_hf.data import DataError, build_cache, find_pairs, stratified_folds, stratified_split, stratum
 from neopolyp_hf.synthetic import synthetic_pair, write_dataset
 
 
@@ -59,6 +58,22 @@ def test_split_is_stratified_seeded_and_order_free():
     assert stratified_split(ids, strata, 0.2, seed=1) != (train, val)
 
 
+def test_folds_partition_each_stratum_evenly_and_are_seeded():
+    ids = [f"id{i:03d}" for i in range(61)]
+    strata = ["non_neoplastic" if i % 5 == 0 else "neoplastic" if i % 7 else "both" for i in range(61)]
+    folds = stratified_folds(ids, strata, 3, seed=0)
+    assert sorted(i for fold in folds for i in fold) == ids  # a partition
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    by_id = dict(zip(ids, strata, strict=True))
+    for group in set(strata):
+        counts = [sum(by_id[i] == group for i in fold) for fold in folds]
+        assert max(counts) - min(counts) <= 1, (group, counts)
+    assert stratified_folds(ids[::-1], strata[::-1], 3, seed=0) == folds
+    assert stratified_folds(ids, strata, 3, seed=1) != folds
+    with pytest.raises(DataError, match="cannot make 1 folds"):
+        stratified_folds(ids, strata, 1, seed=0)
+
+
 def test_stratum():
     mask = np.zeros((4, 4), np.uint8)
     assert stratum(mask) == "none"
@@ -75,20 +90,6 @@ def test_harmonize_gives_each_region_one_class():
     mask[1:5, 7:9] = 2  # a separate, all non-neoplastic region
     out = harmonize_lesions(mask)
     assert (out[1:5, 1:5] == 1).all() and (out[1:5, 7:9] == 2).all() and (out[mask == 0] == 0).all()
-
-
-def test_dice_conventions():
-    dice = DiceAccumulator(["background", "neoplastic", "non_neoplastic"])
-    truth = np.zeros((2, 4, 4), np.uint8)
-    truth[0, :2] = 1
-    prediction = truth.copy()
-    prediction[0, 0] = 0  # 4 of 8 neoplastic pixels found
-    dice.update(prediction, truth)
-    result = dice.compute()
-    assert result["dice_neoplastic"] == pytest.approx(2 * 4 / (4 + 8))
-    assert result["dice_non_neoplastic"] == 1.0  # no such pixels anywhere: empty/empty
-    # per image x class: image 0 (0.667, 1), image 1 (1, 1)
-    assert result["dice_per_image"] == pytest.approx((2 * 4 / 12 + 3) / 4)
 
 
 def test_corrupt_image_in_data_is_named(tmp_path):

@@ -158,3 +158,36 @@ def test_optimize_for_inference_keeps_the_predictions(random_model):
     assert bf16.predict(image).mask.shape == (70, 90)
     with pytest.raises(ValueError, match="precision"):
         copy.deepcopy(random_model).optimize_for_inference("int4")
+
+
+def test_polyp_then_class_head_gives_log_probabilities(tmp_path):
+    torch.manual_seed(0)
+    model = NeoPolypUNet(input_size=64, head="polyp_then_class").eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        raw, scores = model(images, head_outputs=True), model(images)
+    assert scores.shape == raw.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(scores.exp().sum(1), torch.ones(2, 64, 64))
+    polyp = torch.sigmoid(raw[:, 0])
+    torch.testing.assert_close(1 - scores[:, 0].exp(), polyp, atol=1e-5, rtol=1e-5)
+    # among polyp pixels, the class follows the class logits alone
+    torch.testing.assert_close(scores[:, 1] - scores[:, 2], raw[:, 1] - raw[:, 2], atol=1e-4, rtol=1e-4)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["head"] == "polyp_then_class"
+    loaded = NeoPolypUNet.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), scores)
+    assert loaded.predict(np.zeros((50, 70, 3), np.uint8)).mask.shape == (50, 70)
+
+
+def test_config_saved_before_the_head_field_loads_as_classes(random_model, tmp_path):
+    random_model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["head"]
+    config_path.write_text(json.dumps(config))
+    assert NeoPolypUNet.from_pretrained(tmp_path / "m").config["head"] == "classes"
+    config["head"] = "two_heads"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="'head'"):
+        NeoPolypUNet.from_pretrained(tmp_path / "m")

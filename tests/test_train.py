@@ -218,3 +218,32 @@ def test_bf16_flag_trains_on_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.isfinite(torch.tensor(_history(out)[0]["val_loss"]))
+
+
+@pytest.mark.slow
+def test_split_file_last_checkpoint_and_polyp_head_recipe(tmp_path, synthetic_data):
+    ids = sorted(p.stem for p in (synthetic_data / "train" / "train").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ids[:-6], "val": ids[-6:]}))
+    out = tmp_path / "run"
+    command = TRAIN + ["--data-dir", str(synthetic_data), "--output-dir", str(out), "--epochs", "3"] + SMALL
+    command += ["--recipe", "neopolyp-v2", "--recipe-override", "crop_size=32", "--batch-size", "4"]
+    command += ["--split", str(split), "--checkpoint", "last", "--val-every", "2"]
+    subprocess.run(command, check=True, timeout=600)
+    assert json.loads((out / "split.json").read_text())["val"] == ids[-6:]
+    history = _history(out)
+    assert ["val_loss" in h for h in history] == [False, True, True]  # epochs 2 and 3 (the last)
+    assert json.loads((out / "best" / "card_kwargs.json").read_text())["metrics"]["dice_mean"] == pytest.approx(
+        history[-1]["val_dice_mean"]
+    )
+    model = NeoPolypUNet.from_pretrained(out / "best")
+    assert model.config["head"] == "polyp_then_class" and model.config["input_size"] == 64
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": ids, "val": ["nope"]}))
+    result = subprocess.run(
+        TRAIN + ["--data-dir", str(synthetic_data), "--output-dir", str(tmp_path / "r2"), "--split", str(bad)] + SMALL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "'nope'" in result.stderr

@@ -1,4 +1,4 @@
-"""Evaluate a model at full resolution on competition-layout data; prints JSON.
+"""Evaluate a model at full resolution on competition-layout data: pixel Dice and lesion-level metrics, as JSON.
 
 python train/evaluate.py --model PATH_OR_REPO --data-dir DIR [--ids FILE] [--tta] [--no-lesion-consistency]
 """
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neopolyp_hf import NeoPolypUNet  # noqa: E402
 from neopolyp_hf.data import DataError, Sample, find_pairs, load_pair  # noqa: E402
-from neopolyp_hf.metrics import DiceAccumulator  # noqa: E402
+from neopolyp_hf.metrics import DiceAccumulator, LesionAccumulator  # noqa: E402
 from neopolyp_hf.model import ModelSourceError  # noqa: E402
 
 
@@ -61,12 +61,16 @@ def select_samples(data_dir: str | Path, ids: list[str] | None) -> list[Sample]:
 def evaluate_model(
     model: NeoPolypUNet, samples: list[Sample], tta: bool = False, lesion_consistency: bool = True
 ) -> dict[str, float]:
-    """Pooled per-class and mean Dice, and per-image mean Dice, at each image's original size."""
+    """Pooled per-class and mean Dice, per-image mean Dice and the lesion-level metrics
+    (`LesionAccumulator`), at each image's original size."""
     dice = DiceAccumulator(model.config["class_names"])
+    lesions = LesionAccumulator(model.config["class_names"])
     for sample in tqdm(samples, desc="evaluate", leave=False):
         image, truth = load_pair(sample)
-        dice.update(model.predict(image, tta=tta, lesion_consistency=lesion_consistency).mask, truth)
-    return dice.compute()
+        mask = model.predict(image, tta=tta, lesion_consistency=lesion_consistency).mask
+        dice.update(mask, truth)
+        lesions.update(mask, truth)
+    return {**dice.compute(), **lesions.compute()}
 
 
 def main(args: argparse.Namespace) -> dict:

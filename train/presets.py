@@ -9,6 +9,9 @@ import cv2
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from neopolyp_hf.model import head_scores
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class Recipe:
     minority_oversampling: float  # sampling weight of images holding the minority class (1 = none)
     ce_weight_power: float = 0.5  # class weight = frequency ** -power (0.5: inverse square root)
     batch_size: int = 8
+    crop_size: int = 0  # train on random crops of this size from the cached images (0: whole images)
+    head: str = "classes"  # the model's output head, see neopolyp_hf.config.HEADS
+    region_loss: str = "dice"  # "dice" | "tversky" (recall-weighted: false negatives cost more)
+    # The CPU protocol (from scratch, 2 cores, at most 30 minutes): input size and epochs.
+    cpu_image_size: int = 128
+    cpu_epochs: int = 30
     extra: dict = field(default_factory=dict)
 
 
@@ -59,6 +68,25 @@ RECIPES = {
         minority_oversampling=3.0,
         batch_size=4,
     ),
+    "neopolyp-v2": Recipe(
+        name="neopolyp-v2",
+        description=(
+            "neopolyp plus a class-agnostic polyp head beside the class head, trained on random 128 px "
+            "crops (two in three holding polyp) of frames cached at 256 px and run on whole 256 px frames."
+        ),
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=1e-4,
+        scheduler="onecycle",
+        strong_augmentation=True,
+        class_weighted_ce=True,
+        dice_polyp_classes_only=True,
+        minority_oversampling=3.0,
+        batch_size=4,
+        crop_size=128,
+        head="polyp_then_class",
+        cpu_image_size=256,
+    ),
 }
 
 
@@ -84,6 +112,14 @@ def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
     return replace(recipe, name=f"{recipe.name}[{suffix}]", **changes)
 
 
+def crop_augmentation(size: int) -> A.BaseCompose:
+    """A random crop, two times in three one that holds polyp pixels where the image has any."""
+    return A.OneOf(
+        [A.CropNonEmptyMaskIfExists(height=size, width=size, p=1.0), A.RandomCrop(height=size, width=size, p=0.5)],
+        p=1.0,
+    )
+
+
 def reference_augmentations() -> list[A.BasicTransform]:
     """The reference solution's augmentations, with its probabilities."""
     return [
@@ -101,7 +137,9 @@ def train_augmentation(recipe: Recipe) -> A.Compose:
     Resize and normalization are not here: they come from `neopolyp_hf.preprocessing`,
     the same functions that `predict` uses.
     """
-    transforms = reference_augmentations()
+    # Crop first: the other transforms then work on the smaller image.
+    transforms = [crop_augmentation(recipe.crop_size)] if recipe.crop_size else []
+    transforms += reference_augmentations()
     if recipe.strong_augmentation:
         transforms += [
             A.Affine(
@@ -118,18 +156,50 @@ def train_augmentation(recipe: Recipe) -> A.Compose:
     return A.Compose(transforms)
 
 
-class DiceCrossEntropyLoss(nn.Module):
-    """Soft Dice plus (optionally class-weighted) cross-entropy."""
+def region_loss(name: str, classes: list[int] | None) -> nn.Module:
+    """Soft Dice, or Tversky with false negatives weighted 0.7 and false positives 0.3 (recall first)."""
+    if name == "dice":
+        return smp.losses.DiceLoss(mode="multiclass", classes=classes, from_logits=True)
+    if name == "tversky":
+        return smp.losses.TverskyLoss(mode="multiclass", classes=classes, from_logits=True, alpha=0.3, beta=0.7)
+    raise ValueError(f"unknown region loss {name!r}")
 
-    def __init__(self, num_classes: int, dice_classes: list[int] | None, ce_weight: torch.Tensor | None) -> None:
+
+class DiceCrossEntropyLoss(nn.Module):
+    """A region loss (soft Dice or Tversky) plus (optionally class-weighted) cross-entropy."""
+
+    def __init__(self, region: nn.Module, ce_weight: torch.Tensor | None) -> None:
         super().__init__()
-        self.dice = smp.losses.DiceLoss(mode="multiclass", classes=dice_classes, from_logits=True)
+        self.region = region
         self.ce = nn.CrossEntropyLoss(weight=ce_weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (N, C, H, W), target (N, H, W) long."""
         logits = logits.float()  # losses in fp32 under mixed precision
-        return self.dice(logits, target) + self.ce(logits, target)
+        return self.region(logits, target) + self.ce(logits, target)
+
+
+class PolypThenClassLoss(nn.Module):
+    """For the polyp-then-class head: BCE + soft Dice on the class-agnostic polyp map, CE over
+    the polyp classes on true polyp pixels, and a region loss on the combined class scores."""
+
+    def __init__(self, region: nn.Module, class_weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.region = region
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Raw head outputs (N, C, H, W), target (N, H, W) long."""
+        outputs = outputs.float()
+        polyp_logit, is_polyp = outputs[:, 0], (target > 0).float()
+        polyp = torch.sigmoid(polyp_logit)
+        polyp_dice = 1 - (2 * (polyp * is_polyp).sum() + 1) / (polyp.sum() + is_polyp.sum() + 1)
+        loss = F.binary_cross_entropy_with_logits(polyp_logit, is_polyp) + polyp_dice
+        on_polyp = target > 0
+        if bool(on_polyp.any()):
+            class_logits = outputs[:, 1:].permute(0, 2, 3, 1)[on_polyp]
+            loss = loss + F.cross_entropy(class_logits, target[on_polyp] - 1, weight=self.class_weight)
+        return loss + self.region(head_scores(outputs, "polyp_then_class"), target)
 
 
 def class_weights(pixel_counts: torch.Tensor, power: float = 0.5) -> torch.Tensor:
@@ -139,11 +209,16 @@ def class_weights(pixel_counts: torch.Tensor, power: float = 0.5) -> torch.Tenso
     return (weights / weights.mean()).float()
 
 
-def build_loss(recipe: Recipe, num_classes: int, pixel_counts: torch.Tensor) -> DiceCrossEntropyLoss:
-    """The recipe's loss, with class weights from the training set's pixel counts."""
+def build_loss(recipe: Recipe, pixel_counts: torch.Tensor) -> nn.Module:
+    """The recipe's loss, with class weights from the training set's pixel counts per class."""
+    num_classes = len(pixel_counts)
     dice_classes = list(range(1, num_classes)) if recipe.dice_polyp_classes_only else None
+    region = region_loss(recipe.region_loss, dice_classes)
+    if recipe.head == "polyp_then_class":
+        weight = class_weights(pixel_counts[1:], recipe.ce_weight_power) if recipe.class_weighted_ce else None
+        return PolypThenClassLoss(region, weight)
     weight = class_weights(pixel_counts, recipe.ce_weight_power) if recipe.class_weighted_ce else None
-    return DiceCrossEntropyLoss(num_classes, dice_classes, weight)
+    return DiceCrossEntropyLoss(region, weight)
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -18,9 +18,10 @@ from neopolyp_hf.data import Sample, load_pair  # noqa: E402
 
 def save_training_curves(history: list[dict], path: Path) -> None:
     """Loss (train, val) and val Dice (per class, mean) per epoch."""
-    epochs = [h["epoch"] for h in history]
     figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axis.plot(epochs, [h["train_loss"] for h in history], label="train")
+    loss_axis.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train")
+    history = [h for h in history if "val_loss" in h]  # the epochs that were validated
+    epochs = [h["epoch"] for h in history]
     loss_axis.plot(epochs, [h["val_loss"] for h in history], label="val")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_axis.legend()

@@ -32,7 +32,7 @@ from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic  # noqa: E4
 from neopolyp_hf.config import ConfigError  # noqa: E402
 from neopolyp_hf.data import DataError, SegmentationDataset, build_cache, find_pairs, stratified_split  # noqa: E402
 from neopolyp_hf.metrics import DiceAccumulator  # noqa: E402
-from neopolyp_hf.model import DATASET_ID  # noqa: E402
+from neopolyp_hf.model import DATASET_ID, head_scores  # noqa: E402
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET  # noqa: E402
 
 STATE_FILE = "training_state.json"
@@ -58,6 +58,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--encoder-name", default="resnet34")
     parser.add_argument("--encoder-weights", default="imagenet", choices=["imagenet", "none"])
     parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--split", default=None, help="a split.json ({'train': [...], 'val': [...]}) to use instead of a seeded split"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="what best/ holds: the epoch with the best val Dice, or the last epoch (for cross-validation)",
+    )
+    parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and at the last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--scheduler", default=None, choices=["none", "cosine", "onecycle"], help="LR schedule (default: the recipe's)"
@@ -114,6 +124,13 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, out: Path):
     split_path = out / "split.json"
     if args.resume and split_path.is_file():
         split = json.loads(split_path.read_text())
+    elif args.split:
+        split = json.loads(Path(args.split).read_text())
+        unknown = sorted(set(split["train"] + split["val"]) - set(cache.ids))
+        if unknown:
+            raise DataError(f"split '{args.split}' names {len(unknown)} id(s) not in the data, e.g. '{unknown[0]}'")
+        if accelerator.is_main_process:
+            write_text_atomic(split_path, json.dumps(split, indent=1))
     else:
         train_ids, val_ids = stratified_split(cache.ids, cache.strata, args.val_fraction, args.seed)
         split = {"seed": args.seed, "val_fraction": args.val_fraction, "train": train_ids, "val": val_ids}
@@ -131,7 +148,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, accelerator, e
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            loss = loss_fn(model(images), masks)
+            loss = loss_fn(model(images, head_outputs=True), masks)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
@@ -144,10 +161,10 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, accelerator, e
 
 
 @torch.inference_mode()
-def evaluate(model, loss_fn, loader, accelerator, class_names, epoch, channels_last) -> dict[str, float]:
+def evaluate(model, loss_fn, loader, accelerator, config, epoch, channels_last) -> dict[str, float]:
     """Validation loss and Dice (pooled per class, mean, per image) at the training size."""
     model.eval()
-    dice = DiceAccumulator(class_names)
+    dice = DiceAccumulator(config["class_names"])
     total, count = 0.0, 0
     for images, masks in tqdm(
         loader, desc=f"epoch {epoch} val", leave=False, disable=not accelerator.is_local_main_process
@@ -155,9 +172,10 @@ def evaluate(model, loss_fn, loader, accelerator, class_names, epoch, channels_l
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            logits = model(images)
-        loss = loss_fn(logits, masks)
-        predictions, masks = accelerator.gather_for_metrics((logits.argmax(1), masks))
+            outputs = model(images, head_outputs=True)
+        loss = loss_fn(outputs, masks)
+        predictions = head_scores(outputs, config["head"]).argmax(1)
+        predictions, masks = accelerator.gather_for_metrics((predictions, masks))
         total += loss.item() * images.shape[0]
         count += images.shape[0]
         dice.update(predictions.cpu().numpy().astype(np.uint8), masks.cpu().numpy().astype(np.uint8))
@@ -212,11 +230,13 @@ def find_last_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def build_model(args: argparse.Namespace) -> NeoPolypUNet:
+def build_model(args: argparse.Namespace, recipe: presets.Recipe) -> NeoPolypUNet:
     """A new model; an unreachable ImageNet download fails fast with advice."""
     weights = None if args.encoder_weights == "none" else args.encoder_weights
     try:
-        return NeoPolypUNet(encoder_name=args.encoder_name, encoder_weights=weights, input_size=args.image_size)
+        return NeoPolypUNet(
+            encoder_name=args.encoder_name, encoder_weights=weights, input_size=args.image_size, head=recipe.head
+        )
     except ConnectionError as error:
         raise SystemExit(f"error: cannot get ImageNet encoder weights: {error}") from error
     except ConfigError as error:
@@ -244,7 +264,7 @@ def main(args: argparse.Namespace) -> dict:
         project_dir=str(out),
     )
     set_seed(args.seed)
-    model = build_model(args)
+    model = build_model(args, recipe)
     try:
         samples, train_cache, val_cache = prepare_data(args, accelerator, out)
     except DataError as error:
@@ -270,7 +290,7 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {batch_size}")
 
     pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
-    loss_fn = presets.build_loss(recipe, len(config["class_names"]), pixel_counts).to(accelerator.device)
+    loss_fn = presets.build_loss(recipe, pixel_counts).to(accelerator.device)
     optimizer = presets.build_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
     scheduler = presets.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
     channels_last = accelerator.device.type == "cuda"
@@ -292,14 +312,16 @@ def main(args: argparse.Namespace) -> dict:
         write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
     accelerator.init_trackers("neopolyp", config={k: str(v) for k, v in vars(args).items()})
 
-    class_names = config["class_names"]
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
         train_loss = train_one_epoch(
             model, loss_fn, optimizer, scheduler, train_loader, accelerator, epoch, channels_last
         )
-        metrics = evaluate(model, loss_fn, val_loader, accelerator, class_names, epoch, channels_last)
+        if epoch % args.val_every and epoch != args.epochs:
+            metrics = {}
+        else:
+            metrics = evaluate(model, loss_fn, val_loader, accelerator, config, epoch, channels_last)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -307,7 +329,7 @@ def main(args: argparse.Namespace) -> dict:
             "lr": scheduler.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - started,
         }
-        improved = metrics["val_dice_mean"] > state["best_dice"]
+        improved = bool(metrics) and (metrics["val_dice_mean"] > state["best_dice"] or args.checkpoint == "last")
         if improved:
             state.update(best_epoch=epoch, best_dice=metrics["val_dice_mean"], best_metrics=metrics)
             if accelerator.is_main_process:
@@ -319,10 +341,10 @@ def main(args: argparse.Namespace) -> dict:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         accelerator.log(record, step=epoch)
+        scores = " ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items())
         accelerator.print(
-            f"epoch {epoch}/{args.epochs}  train_loss {train_loss:.4f}  val_loss {metrics['val_loss']:.4f}  "
-            f"dice neo {metrics['val_dice_neoplastic']:.4f} non-neo {metrics['val_dice_non_neoplastic']:.4f} "
-            f"mean {metrics['val_dice_mean']:.4f}{'  *best*' if improved else ''}  ({record['epoch_seconds']:.0f}s)"
+            f"epoch {epoch}/{args.epochs}  train_loss {train_loss:.4f}  {scores}"
+            f"{'  *best*' if improved else ''}  ({record['epoch_seconds']:.0f}s)"
         )
     accelerator.end_training()
 
