@@ -86,6 +86,7 @@ RECIPES = {
         crop_size=128,
         head="polyp_then_class",
         cpu_image_size=256,
+        cpu_epochs=16,
     ),
 }
 
