@@ -1,8 +1,10 @@
 """NeoPolyp Space: colon-polyp segmentation demo (Gradio). Research software, not for clinical use.
 
-Environment: NEOPOLYP_MODEL (model folder or Hub repo id), NEOPOLYP_REVISION (optional),
-NEOPOLYP_MAX_PIXELS and NEOPOLYP_PRECISION (fp32 or bf16; optional),
-and Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+Environment (all optional): NEOPOLYP_MODEL (model folder, Hub repo id or .onnx file),
+NEOPOLYP_REVISION, NEOPOLYP_BACKEND (auto|torch|onnx; auto: ONNX Runtime on a CPU, torch on CUDA),
+NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE (bytes, 20 MB),
+NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), NEOPOLYP_QUEUE_SIZE
+(requests waiting beyond it get "queue full, try again"; 16), and Gradio's GRADIO_SERVER_NAME / _PORT.
 """
 
 from __future__ import annotations
@@ -10,33 +12,43 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
-from neopolyp_hf import ImageLoadError, Prediction
-from neopolyp_hf.model import ModelSourceError
+from neopolyp_hf import ImageLoadError, ModelSourceError, Prediction
+from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving import (
     LESION_HEADERS,
     lesion_rows,
-    load_model_for_serving,
+    load_segmenter,
+    percentages_sentences,
     percentages_summary,
-    save_mask_png,
 )
 from neopolyp_hf.synthetic import synthetic_pair
 
 DEFAULT_MODEL = "neopolyp/neopolyp"
 MODEL_SOURCE = os.environ.get("NEOPOLYP_MODEL", DEFAULT_MODEL)
-MAX_PIXELS = int(os.environ.get("NEOPOLYP_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+try:
+    MAX_PIXELS = int(os.environ.get("NEOPOLYP_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    MAX_FILE_SIZE = int(os.environ.get("NEOPOLYP_MAX_FILE_SIZE", 20_000_000))
+    CACHE_SECONDS = int(os.environ.get("NEOPOLYP_CACHE_SECONDS", 300))
+    QUEUE_SIZE = int(os.environ.get("NEOPOLYP_QUEUE_SIZE", 16))
+except ValueError as error:
+    sys.exit(f"NeoPolyp cannot start: a NEOPOLYP_* size or time setting is not a whole number: {error}")
 
 try:
-    MODEL, INFO = load_model_for_serving(
-        MODEL_SOURCE, os.environ.get("NEOPOLYP_REVISION") or None, os.environ.get("NEOPOLYP_PRECISION", "fp32")
+    MODEL, INFO = load_segmenter(
+        MODEL_SOURCE,
+        os.environ.get("NEOPOLYP_REVISION") or None,
+        backend=os.environ.get("NEOPOLYP_BACKEND", "auto"),
+        precision=os.environ.get("NEOPOLYP_PRECISION", "fp32"),
     )
-except (ModelSourceError, ValueError) as error:
+except ModelSourceError as error:
     sys.exit(f"NeoPolyp cannot start: {error}")
 
 try:  # ZeroGPU Spaces hand out the GPU per call.
@@ -51,6 +63,7 @@ except ImportError:
 
 OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="neopolyp-"))
 EXAMPLES_DIR = OUTPUT_DIR / "examples"
+MASKS_DIR = OUTPUT_DIR / "masks"
 
 
 def make_examples(count: int = 3) -> list[str]:
@@ -82,12 +95,13 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         # Name the upload by its file name, not the server's temporary path.
         message = str(error).replace(image_path, Path(image_path).name)
         raise gr.Error(f"Cannot segment this upload: {message}") from error
-    return (
-        prediction.render_overlay(opacity),
-        percentages_summary(prediction),
-        lesion_rows(prediction),
-        prediction,
-    )
+    # The overlay goes out as JPEG (the component's format): a few ms, where PNG took ~350 ms.
+    return prediction.render_overlay(opacity), percentages_summary(prediction), lesion_rows(prediction), prediction
+
+
+def summary(prediction: Prediction | None) -> str:
+    """The percentages as sentences a person reads at a glance."""
+    return "" if prediction is None else percentages_sentences(prediction)
 
 
 def rerender(prediction: Prediction | None, opacity: float):
@@ -96,11 +110,15 @@ def rerender(prediction: Prediction | None, opacity: float):
 
 
 def mask_file(prediction: Prediction | None):
-    """The last prediction's colour mask as a lossless PNG to download."""
+    """The last prediction's colour mask as a lossless PNG, written only when asked for."""
     if prediction is None:
-        return gr.DownloadButton(visible=False)
-    path = Path(tempfile.mkdtemp(dir=OUTPUT_DIR)) / "neopolyp_mask.png"
-    return gr.DownloadButton(value=str(save_mask_png(prediction, path)), visible=True)
+        raise gr.Error("Segment an image first.")
+    MASKS_DIR.mkdir(parents=True, exist_ok=True)
+    for old in MASKS_DIR.glob("*.png"):  # bounded disk: masks live as long as Gradio's cache
+        if old.stat().st_mtime < time.time() - CACHE_SECONDS:
+            old.unlink(missing_ok=True)
+    path = save_mask_png(prediction.mask, Path(tempfile.mkstemp(suffix=".png", dir=MASKS_DIR)[1]))
+    return gr.File(value=str(path), visible=True)
 
 
 def legend_html() -> str:
@@ -123,12 +141,12 @@ SYNTHETIC_NOTICE = (
     "output on one means nothing. Set `NEOPOLYP_MODEL` to a trained model to serve that instead."
 )
 
-with gr.Blocks(title="NeoPolyp: polyp segmentation") as demo:
+with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_SECONDS // 2), CACHE_SECONDS)) as demo:
     gr.Markdown("# NeoPolyp\nSegments colonoscopy frames into neoplastic and non-neoplastic polyp pixels.")
     gr.Markdown(NOTICE, elem_id="notice")
     if INFO.synthetic:
         gr.Markdown(SYNTHETIC_NOTICE, elem_id="synthetic-notice")
-    last_prediction = gr.State(None)
+    last_prediction = gr.State(None, time_to_live=CACHE_SECONDS)
     with gr.Row():
         with gr.Column():
             image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
@@ -136,17 +154,21 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation") as demo:
             opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
             run_button = gr.Button("Segment", variant="primary", elem_id="run")
         with gr.Column():
-            overlay_output = gr.Image(label="Segmentation overlay", type="pil", format="png", elem_id="overlay")
+            overlay_output = gr.Image(label="Segmentation overlay", type="pil", format="jpeg", elem_id="overlay")
             gr.HTML(legend_html())
-            percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages")
-            download_button = gr.DownloadButton("Download mask (PNG)", visible=False)
+            summary_output = gr.Markdown(elem_id="summary")
+            # The API's JSON of the same numbers; people read the sentences above.
+            percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages", visible=False)
+            mask_button = gr.Button("Make the mask PNG (lossless)", elem_id="make-mask")
+            mask_output = gr.File(label="Mask (PNG)", visible=False, elem_id="mask-file")
     lesions_output = gr.Dataframe(
         headers=LESION_HEADERS, label="Lesions (connected polyp regions)", elem_id="lesions", interactive=False
     )
     gr.Examples(make_examples(), inputs=image_input, label="Synthetic examples")
     gr.Markdown(
-        f"Model: `{INFO.source}` · revision: `{INFO.revision}` · device: `{INFO.device}` ({INFO.precision}) · "
-        f"input {MODEL.config['input_size']} px, trained on: {', '.join(INFO.datasets) or 'unknown'}",
+        f"Model: `{INFO.source}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "
+        f"({INFO.precision}) · input {MODEL.config['input_size']} px, "
+        f"trained on: {', '.join(INFO.datasets) or 'unknown'}",
         elem_id="model-info",
     )
 
@@ -156,13 +178,15 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation") as demo:
         outputs=[overlay_output, percentages_output, lesions_output, last_prediction],
         api_name="predict",
         preprocess=False,
-    ).then(mask_file, inputs=last_prediction, outputs=download_button, api_visibility="private")
+    ).then(summary, inputs=last_prediction, outputs=summary_output, api_visibility="private")
+    mask_button.click(mask_file, inputs=last_prediction, outputs=mask_output, api_visibility="private")
     opacity_input.release(
         rerender, inputs=[last_prediction, opacity_input], outputs=overlay_output, api_visibility="private"
     )
 
 # Two requests at a time: enough to overlap decoding with inference, without thrashing a small CPU.
-demo.queue(default_concurrency_limit=2, max_size=32)
+# A bounded queue: beyond it a request is refused at once ("queue full, try again") instead of waiting.
+demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
 
 if __name__ == "__main__":
-    demo.launch(ssr_mode=False, allowed_paths=[str(OUTPUT_DIR)])
+    demo.launch(ssr_mode=False, allowed_paths=[str(OUTPUT_DIR)], max_file_size=MAX_FILE_SIZE)

@@ -8,7 +8,7 @@
     # the one train/train.py command line that trains the default recipe under the CPU budget
     python benchmarks/quality.py --print-command --data-dir D --output-dir O
 
-A recipe is a name from train/presets.py, optionally with overrides for ablations:
+A recipe is a name from train/recipes.py, optionally with overrides for ablations:
 `neopolyp:minority_oversampling=1,class_weighted_ce=false`. Each recipe brings its CPU input
 size and epochs (`cpu_image_size`, `cpu_epochs`). Every fold run resumes where it stopped and
 keeps its scores in OUTPUT_DIR/<recipe>/fold<k>/scores.json; the summary goes to
@@ -27,16 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from neopolyp_hf import NeoPolypUNet, recipes
+from neopolyp_hf.atomic import write_text_atomic
+from neopolyp_hf.data import build_cache, find_pairs, stratified_folds
+from neopolyp_hf.evaluation import evaluate_model, select_samples
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT))
-
-import presets  # noqa: E402
-from evaluate import evaluate_model, select_samples  # noqa: E402
-
-from neopolyp_hf import NeoPolypUNet  # noqa: E402
-from neopolyp_hf.atomic import write_text_atomic  # noqa: E402
-from neopolyp_hf.data import build_cache, find_pairs, stratified_folds  # noqa: E402
 
 DEFAULT_RECIPE = "neopolyp"
 # What the README table shows, per true class where it says <class>.
@@ -78,7 +74,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 def train_command(spec: str, data_dir: str, output_dir: str, epochs: int | None = None) -> list[str]:
     """The train.py command line for a recipe spec under the CPU protocol."""
     name, overrides = parse_spec(spec)
-    recipe = presets.resolve_recipe(name, overrides)
+    recipe = recipes.resolve_recipe(name, overrides)
     command = [
         "python",
         "train/train.py",

@@ -8,7 +8,6 @@ Without --data-dir it uses the shared competition data where present, else synth
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,19 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neopolyp_hf import NeoPolypUNet, recipes
+from neopolyp_hf.config import IMAGENET_MEAN, IMAGENET_STD
+from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs, load_pair
+from neopolyp_hf.preprocessing import normalize, resize_image, resize_mask
+from neopolyp_hf.synthetic import write_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT))
-
-import presets  # noqa: E402
-
-from neopolyp_hf import NeoPolypUNet  # noqa: E402
-from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs, load_resized_pair  # noqa: E402
-from neopolyp_hf.preprocessing import normalize  # noqa: E402
-from neopolyp_hf.synthetic import write_dataset  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp"
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
 class DecodeEveryStep(torch.utils.data.Dataset):
@@ -41,7 +37,8 @@ class DecodeEveryStep(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index):
-        image, mask = load_resized_pair(self.samples[index], self.size)
+        image, mask = load_pair(self.samples[index])
+        image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
         out = self.augment(image=image, mask=mask)
         return normalize(out["image"], MEAN, STD), torch.from_numpy(out["mask"]).long()
 
@@ -68,7 +65,7 @@ def main() -> None:
         if not (data_dir / "train" / "train").is_dir():
             data_dir = write_dataset(Path(tmp) / "synthetic", args.samples, seed=0, height=995, width=1280)
         samples = find_pairs(data_dir)[: args.samples]
-        augment = presets.train_augmentation(presets.RECIPES["neopolyp"])
+        augment = recipes.train_augmentation(recipes.RECIPES["neopolyp"])
         print(f"{len(samples)} pairs from {data_dir}, {args.image_size} px, neopolyp augmentations, 1 process")
 
         start = time.perf_counter()
@@ -85,7 +82,7 @@ def main() -> None:
 
         model = NeoPolypUNet(input_size=args.image_size).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loss_fn = presets.build_loss(presets.RECIPES["neopolyp"], torch.tensor([90, 8, 2]))
+        loss_fn = recipes.build_loss(recipes.RECIPES["neopolyp"], torch.tensor([90, 8, 2]))
         loader = torch.utils.data.DataLoader(
             SegmentationDataset(cache, MEAN, STD, augment), batch_size=args.batch_size, shuffle=True, drop_last=True
         )

@@ -1,97 +1,89 @@
-"""Validation of the model config: every field that inference needs, checked by name."""
+"""The one definition of the model config: defaults, validation and the saved config.json."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .classes import CLASS_COLORS, CLASS_NAMES
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 KNOWN_ENCODER_WEIGHTS = (None, "imagenet")
-CONFIG_FIELDS = (
-    "encoder_name",
-    "encoder_weights",
-    "input_size",
-    "mean",
-    "std",
-    "class_names",
-    "class_colors",
-    "head",
-)
-# Fields added after the first release: configs saved before them load with these values.
-FIELD_DEFAULTS = {"head": "classes"}
 # "classes": one logit per class. "polyp_then_class": a class-agnostic polyp logit, then logits
 # of the polyp classes among polyp pixels (as NeoUNet and BlazeNeo), combined into class scores.
 HEADS = ("classes", "polyp_then_class")
 
 
-class ConfigError(ValueError):
-    """A model config value that is missing, unknown or invalid; the message names the field."""
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything inference needs. The classes are the competition's three, fixed; the config
+    records them so that a saved model describes itself."""
+
+    encoder_name: str = "resnet34"
+    encoder_weights: str | None = None
+    input_size: int = 256
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    class_colors: list[list[int]] = field(default_factory=lambda: [list(c) for c in CLASS_COLORS])
+    head: str = "classes"
+
+    # Fields added after the first release: a config.json saved before them may omit them.
+    ADDED_FIELDS = ("head",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder_name, str) or not self.encoder_name:
+            raise ConfigError(f"config field 'encoder_name' must be a non-empty string, got {self.encoder_name!r}")
+        if self.encoder_weights not in KNOWN_ENCODER_WEIGHTS:
+            raise ConfigError(
+                f"config field 'encoder_weights' must be one of {KNOWN_ENCODER_WEIGHTS}, got {self.encoder_weights!r}"
+            )
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048 or size % 32:
+            raise ConfigError(f"config field 'input_size' must be a multiple of 32 in [32, 2048], got {size!r}")
+        object.__setattr__(self, "mean", _number_triple("mean", self.mean))
+        object.__setattr__(self, "std", _number_triple("std", self.std))
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"config field 'std' must be positive, got {self.std!r}")
+        if list(self.class_names) != list(CLASS_NAMES):
+            raise ConfigError(f"config field 'class_names' must be {list(CLASS_NAMES)}, got {self.class_names!r}")
+        colors = [list(c) if isinstance(c, (list, tuple)) else c for c in self.class_colors]
+        if colors != [list(c) for c in CLASS_COLORS]:
+            raise ConfigError(
+                f"config field 'class_colors' must be the competition's {[list(c) for c in CLASS_COLORS]}, "
+                f"got {self.class_colors!r}"
+            )
+        object.__setattr__(self, "class_names", list(CLASS_NAMES))
+        object.__setattr__(self, "class_colors", colors)
+        if self.head not in HEADS:
+            raise ConfigError(f"config field 'head' must be one of {list(HEADS)}, got {self.head!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], saved: bool = False) -> ModelConfig:
+        """Build from a dict; unknown fields are refused by name, and with `saved` (a config.json)
+        so are missing ones, except fields added after the first release."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields are {known}")
+        missing = [f for f in known if f not in values and f not in cls.ADDED_FIELDS] if saved else []
+        if missing:
+            raise ConfigError(f"config is missing field(s) {missing}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict saved as config.json."""
+        return asdict(self)
 
 
-def _number_triple(field: str, value: Any) -> list[float]:
+def _number_triple(name: str, value: Any) -> list[float]:
     if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise ConfigError(f"config field '{field}' must be a list of 3 numbers, got {value!r}")
+        raise ConfigError(f"config field '{name}' must be a list of 3 numbers, got {value!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-        raise ConfigError(f"config field '{field}' must hold finite numbers, got {value!r}")
+        raise ConfigError(f"config field '{name}' must hold finite numbers, got {value!r}")
     return [float(v) for v in value]
-
-
-def validate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Return a normalized copy of `config`, or raise ConfigError naming the first bad field."""
-    unknown = sorted(set(config) - set(CONFIG_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown config field(s) {unknown}; known fields are {list(CONFIG_FIELDS)}")
-    config = {**FIELD_DEFAULTS, **config}
-    missing = [f for f in CONFIG_FIELDS if f not in config]
-    if missing:
-        raise ConfigError(f"config is missing field(s) {missing}")
-
-    encoder_name = config["encoder_name"]
-    if not isinstance(encoder_name, str) or not encoder_name:
-        raise ConfigError(f"config field 'encoder_name' must be a non-empty string, got {encoder_name!r}")
-    if config["encoder_weights"] not in KNOWN_ENCODER_WEIGHTS:
-        raise ConfigError(
-            f"config field 'encoder_weights' must be one of {KNOWN_ENCODER_WEIGHTS}, got {config['encoder_weights']!r}"
-        )
-
-    size = config["input_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048 or size % 32:
-        raise ConfigError(f"config field 'input_size' must be a multiple of 32 in [32, 2048], got {size!r}")
-
-    mean = _number_triple("mean", config["mean"])
-    std = _number_triple("std", config["std"])
-    if any(s <= 0 for s in std):
-        raise ConfigError(f"config field 'std' must be positive, got {std!r}")
-
-    names = config["class_names"]
-    if (
-        not isinstance(names, (list, tuple))
-        or len(names) < 2
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ConfigError(f"config field 'class_names' must be 2 or more unique non-empty strings, got {names!r}")
-
-    colors = config["class_colors"]
-    if not isinstance(colors, (list, tuple)) or len(colors) != len(names):
-        raise ConfigError(f"config field 'class_colors' must hold one colour per class ({len(names)}), got {colors!r}")
-    for colour in colors:
-        if (
-            not isinstance(colour, (list, tuple))
-            or len(colour) != 3
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)
-        ):
-            raise ConfigError(f"config field 'class_colors' entries must be [r, g, b] in 0..255, got {colour!r}")
-
-    if config["head"] not in HEADS:
-        raise ConfigError(f"config field 'head' must be one of {list(HEADS)}, got {config['head']!r}")
-
-    return {
-        "encoder_name": encoder_name,
-        "encoder_weights": config["encoder_weights"],
-        "input_size": size,
-        "mean": mean,
-        "std": std,
-        "class_names": list(names),
-        "class_colors": [list(c) for c in colors],
-        "head": config["head"],
-    }

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classes import DEFAULT_CLASS_COLORS, NEOPLASTIC, NON_NEOPLASTIC
+from .atomic import write_atomic
+from .classes import CLASS_NAMES, MINORITY_CLASS, POLYP_CLASSES
+from .errors import DataError, ImageLoadError
 from .masks import decode_mask
-from .preprocessing import ImageLoadError, load_image, normalize, resize_image, resize_mask
+from .preprocessing import load_image, normalize, resize_image, resize_mask
 
 IMAGE_DIR = Path("train") / "train"
 MASK_DIR = Path("train_gt") / "train_gt"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
-
-class DataError(ValueError):
-    """A problem with the dataset on disk; the message names the folder or file."""
+DATASET_ID = "bkai-igh-neopolyp"
+CACHE_FORMAT = 2  # bumped when what the cache stores changes (2: strata named by class names)
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ def find_pairs(data_dir: str | Path) -> list[Sample]:
     return [Sample(i, images[i], masks[i]) for i in sorted(images)]
 
 
-def load_pair(sample: Sample, colors: Sequence[Sequence[int]] = DEFAULT_CLASS_COLORS) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution (RGB image, class mask) of a sample; the mask is decoded before any resize."""
     try:
         image = load_image(sample.image_path)
-        mask = decode_mask(load_image(sample.mask_path), colors)
+        mask = decode_mask(load_image(sample.mask_path))
     except ImageLoadError as error:
         raise DataError(str(error)) from error
     if image.shape[:2] != mask.shape:
@@ -83,18 +83,15 @@ def load_pair(sample: Sample, colors: Sequence[Sequence[int]] = DEFAULT_CLASS_CO
     return image, mask
 
 
-def load_resized_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A sample decoded at full resolution, then resized: image by area, mask by nearest."""
-    image, mask = load_pair(sample)
-    return resize_image(image, size), resize_mask(mask, size)
-
-
 def stratum(mask: np.ndarray) -> str:
-    """Which polyp classes a mask holds: 'both', 'neoplastic', 'non_neoplastic' or 'none'."""
-    has_neo, has_non = bool((mask == NEOPLASTIC).any()), bool((mask == NON_NEOPLASTIC).any())
-    return {(True, True): "both", (True, False): "neoplastic", (False, True): "non_neoplastic"}.get(
-        (has_neo, has_non), "none"
-    )
+    """Which polyp classes a mask holds, as a name: their class names joined by '+', or 'none'."""
+    present = [CLASS_NAMES[c] for c in POLYP_CLASSES if (mask == c).any()]
+    return "+".join(present) or "none"
+
+
+def holds_minority_class(stratum_name: str) -> bool:
+    """Whether an image of this stratum holds the minority polyp class."""
+    return CLASS_NAMES[MINORITY_CLASS] in stratum_name.split("+")
 
 
 def stratified_split(
@@ -155,7 +152,7 @@ class ResizedCache:
 
 
 def _cache_key(samples: Sequence[Sample], size: int) -> str:
-    digest = hashlib.sha256(str(size).encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{size}".encode())
     for s in samples:
         stat_i, stat_m = os.stat(s.image_path), os.stat(s.mask_path)
         digest.update(f"{s.id}:{stat_i.st_size}:{stat_i.st_mtime_ns}:{stat_m.st_size}:{stat_m.st_mtime_ns}".encode())
@@ -198,9 +195,13 @@ def build_cache(
     cache = ResizedCache([s.id for s in samples], images, masks, strata)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ids=json.dumps(cache.ids), images=images, masks=masks, strata=json.dumps(strata))
-        os.replace(tmp, path)
+        arrays = {"ids": json.dumps(cache.ids), "images": images, "masks": masks, "strata": json.dumps(strata)}
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle: np.savez would add .npz to a bare path
+                np.savez(handle, **arrays)
+
+        write_atomic(path, save)
     return cache
 
 

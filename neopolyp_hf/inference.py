@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .lesions import Lesion, find_lesions, harmonize_lesions
-from .masks import overlay
+from .masks import overlay_mask
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 
 # (N, 3, S, S) float32 normalized images -> (N, C, S, S) float32 logits.
@@ -66,7 +66,7 @@ class Prediction:
 
     def render_overlay(self, alpha: float) -> Image.Image:
         """The input with the class colours blended in at opacity `alpha`."""
-        return overlay(self.image, self.mask, self.class_colors, alpha)
+        return overlay_mask(self.image, self.mask, self.class_colors, alpha)
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -19,10 +19,6 @@ class Lesion:
     class_name: str
     confidence: float
     bbox: tuple[int, int, int, int]  # x, y, width, height
-
-    def as_dict(self) -> dict:
-        """A JSON-able view of the lesion."""
-        return asdict(self)
 
 
 def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:

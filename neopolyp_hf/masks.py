@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from .classes import DEFAULT_CLASS_COLORS
+from .atomic import write_atomic
+from .classes import CLASS_COLORS
 
 Colors = Sequence[Sequence[int]]
 
@@ -20,7 +22,7 @@ def _palette(colors: Colors) -> np.ndarray:
     return palette
 
 
-def decode_mask(rgb: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.ndarray:
+def decode_mask(rgb: np.ndarray, colors: Colors = CLASS_COLORS) -> np.ndarray:
     """Map an RGB mask (HxWx3 uint8, JPEG noise allowed) to class indices (HxW uint8).
 
     Each pixel takes the class whose colour is nearest in RGB space. JPEG ringing moves
@@ -46,7 +48,7 @@ def _lookup_tables(colors: Colors) -> np.ndarray:
     return tables
 
 
-def colorize_mask(classes: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) -> np.ndarray:
+def colorize_mask(classes: np.ndarray, colors: Colors = CLASS_COLORS) -> np.ndarray:
     """Map class indices (HxW) to an RGB mask (HxWx3 uint8), the inverse of `decode_mask`."""
     classes = np.asarray(classes)
     if classes.ndim != 2:
@@ -59,10 +61,10 @@ def colorize_mask(classes: np.ndarray, colors: Colors = DEFAULT_CLASS_COLORS) ->
     return cv2.merge([cv2.LUT(indices, table) for table in _lookup_tables(colors)])
 
 
-def overlay(
+def overlay_mask(
     image: np.ndarray | Image.Image,
     classes: np.ndarray,
-    colors: Colors = DEFAULT_CLASS_COLORS,
+    colors: Colors = CLASS_COLORS,
     alpha: float = 0.5,
 ) -> Image.Image:
     """Blend the class colours into the image; background pixels are left as they are."""
@@ -75,3 +77,9 @@ def overlay(
     out = base.copy()
     cv2.copyTo(blended, (classes > 0).astype(np.uint8), out)
     return Image.fromarray(out)
+
+
+def save_mask_png(classes: np.ndarray, path: str | Path, colors: Colors = CLASS_COLORS) -> Path:
+    """The colour mask (the competition's colours) as a lossless PNG, written atomically."""
+    picture = Image.fromarray(colorize_mask(classes, colors))
+    return write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))

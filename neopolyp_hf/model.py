@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from huggingface_hub.repocard_data import EvalResult
 from safetensors.torch import load_model
 from torch import nn
 from torch.nn import functional as F
 
-from .classes import DEFAULT_CLASS_COLORS, DEFAULT_CLASS_NAMES
-from .config import ConfigError, validate_config
-from .inference import Segmenter
+from .config import ModelConfig
+from .data import DATASET_ID
+from .errors import ConfigError
+from .source import resolve_model_source
+from .torch_backend import TorchSegmenter
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 REPO_URL = "https://github.com/neopolyp/neopolyp"
 MODEL_CARD_TEMPLATE = (Path(__file__).with_name("model_card.md")).read_text(encoding="utf-8")
-PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
-DATASET_ID = "bkai-igh-neopolyp"
-INFERENCE_PRECISIONS = ("fp32", "bf16")
-
-
-class ModelSourceError(OSError):
-    """A model folder or Hub repo that cannot be loaded; the message names the source."""
 
 
 class NeoPolypUNet(
     nn.Module,
-    Segmenter,
+    TorchSegmenter,
     PyTorchModelHubMixin,
     library_name="neopolyp-hf",
     license="mit",
@@ -51,94 +37,39 @@ class NeoPolypUNet(
 ):
     """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp.
 
-    `predict(image)` (from `Segmenter`) segments one image at its original size; it puts the
-    model in eval mode.
+    Takes the fields of `ModelConfig` as keyword arguments. `predict(image)` segments one image
+    at its original size.
     """
 
-    def __init__(
-        self,
-        encoder_name: str = "resnet34",
-        encoder_weights: str | None = None,
-        input_size: int = 256,
-        mean: list[float] = IMAGENET_MEAN,
-        std: list[float] = IMAGENET_STD,
-        class_names: list[str] = list(DEFAULT_CLASS_NAMES),
-        class_colors: list[list[int]] = [list(c) for c in DEFAULT_CLASS_COLORS],
-        head: str = "classes",
-    ) -> None:
+    def __init__(self, **config: Any) -> None:
         super().__init__()
-        config = validate_config(
-            {
-                "encoder_name": encoder_name,
-                "encoder_weights": encoder_weights,
-                "input_size": input_size,
-                "mean": mean,
-                "std": std,
-                "class_names": class_names,
-                "class_colors": class_colors,
-                "head": head,
-            }
-        )
-        if encoder_weights is not None:
-            check_encoder_weights_reachable(encoder_name, encoder_weights)
+        settings = ModelConfig.from_dict(config)
         try:
             self.unet = smp.Unet(
-                encoder_name=encoder_name,
-                encoder_weights=encoder_weights,
+                encoder_name=settings.encoder_name,
+                encoder_weights=settings.encoder_weights,
                 in_channels=3,
-                classes=len(config["class_names"]),
+                classes=len(settings.class_names),  # the polyp head: 1 polyp logit + the polyp classes
             )
         except KeyError as error:
-            raise ConfigError(f"config field 'encoder_name': unknown encoder {encoder_name!r}") from error
+            raise ConfigError(f"config field 'encoder_name': unknown encoder {settings.encoder_name!r}") from error
         # The weights saved with the model already hold the encoder: loading must never download.
-        self._hub_mixin_config = {**config, "encoder_weights": None}
-        self.inference_precision = "fp32"
-        self.channels_last = False
+        self._hub_mixin_config = {**settings.to_dict(), "encoder_weights": None}
 
     @property
     def config(self) -> dict[str, Any]:
-        """The model's config: everything inference needs (a copy)."""
-        return copy.deepcopy(self._hub_mixin_config)
+        """The model's config: everything inference needs (a copy of the stored dict)."""
+        return json.loads(json.dumps(self._hub_mixin_config))
 
     @property
-    def device(self) -> torch.device:
-        """The device that holds the model's weights."""
-        return next(self.parameters()).device
+    def _inference_config(self) -> dict[str, Any]:
+        return self._hub_mixin_config
 
     def forward(self, images: torch.Tensor, head_outputs: bool = False) -> torch.Tensor:
         """Normalized images (N, 3, S, S) -> class scores (N, C, S, S) whose argmax is the prediction
         (logits, or log-probabilities for the polyp-then-class head); `head_outputs` gives the raw outputs."""
         outputs = self.unet(images)
         return outputs if head_outputs else head_scores(outputs, self._hub_mixin_config["head"])
-
-    @property
-    def _inference_config(self) -> dict[str, Any]:
-        return self._hub_mixin_config
-
-    def optimize_for_inference(self, precision: str = "fp32") -> NeoPolypUNet:
-        """Eval mode and channels-last weights (oneDNN's fast convolution layout); `precision`
-        "bf16" also runs the forward in bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs)."""
-        if precision not in INFERENCE_PRECISIONS:
-            raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
-        self.inference_precision, self.channels_last = precision, True
-        return self.eval().to(memory_format=torch.channels_last)
-
-    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
-        # Inference needs eval mode (batch-norm statistics). Setting it, never toggling it back,
-        # keeps concurrent predict calls on one model free of races.
-        if self.training:
-            self.eval()
-        device = self.device
-        images = torch.from_numpy(batch).to(device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.inference_precision == "bf16"),
-        ):
-            return self(images).float().cpu().numpy()
-
-    # --- Hub integration -------------------------------------------------------------------
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """Render `model_card.md` with the run's metrics, dataset and training arguments."""
@@ -171,53 +102,31 @@ class NeoPolypUNet(
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> NeoPolypUNet:
-        """Load from a local folder or a Hub repo id; safetensors only, config validated."""
-        source = str(pretrained_model_name_or_path)
-        if os.path.isdir(source):
-            _check_local_folder(Path(source))
-        else:
-            _fetch_from_hub(source, hub_constants.CONFIG_NAME, kwargs)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"config.json of '{source}' is not valid JSON: {error}") from error
-
-    @classmethod
-    def _from_pretrained(
+    def from_pretrained(
         cls,
+        pretrained_model_name_or_path: str | Path,
         *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
+        revision: str | None = None,
         map_location: str = "cpu",
         strict: bool = True,
-        config: dict | None = None,
-        **model_kwargs,
+        **hub_args: Any,
     ) -> NeoPolypUNet:
-        if not isinstance(config, dict):
-            raise ConfigError(f"'{model_id}' has no config.json object: it is not a NeoPolyp model")
-        validate_config(config)
-        model_kwargs = {k: v for k, v in model_kwargs.items() if k not in config}
-        model = cls(**{**config, "encoder_weights": None}, **model_kwargs)
-        if os.path.isdir(model_id):
-            weights = os.path.join(model_id, hub_constants.SAFETENSORS_SINGLE_FILE)
-        else:
-            weights = _fetch_from_hub(
-                model_id,
-                hub_constants.SAFETENSORS_SINGLE_FILE,
-                {
-                    "revision": revision,
-                    "cache_dir": cache_dir,
-                    "force_download": force_download,
-                    "local_files_only": local_files_only,
-                    "token": token,
-                },
-            )
-        load_model(model, weights, strict=strict, device=str(map_location))
+        """Load from a local folder or a Hub repo id; safetensors only, config validated.
+
+        `hub_args` (cache_dir, force_download, local_files_only, token) go to the Hub download;
+        the resolved files are kept as `model.files`.
+        """
+        files = resolve_model_source(pretrained_model_name_or_path, revision, **hub_args)
+        try:
+            stored = json.loads(files.config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config.json of '{files.source}' is not valid JSON: {error}") from error
+        if not isinstance(stored, dict):
+            raise ConfigError(f"'{files.source}' has no config.json object: it is not a NeoPolyp model")
+        config = ModelConfig.from_dict(stored, saved=True)
+        model = cls(**{**config.to_dict(), "encoder_weights": None})
+        load_model(model, files.weights, strict=strict, device=str(map_location))
+        model.files = files
         return model.eval()
 
 
@@ -229,79 +138,3 @@ def head_scores(outputs: torch.Tensor, head: str) -> torch.Tensor:
         return outputs
     polyp, classes = outputs[:, :1], outputs[:, 1:]
     return torch.cat([F.logsigmoid(-polyp), F.logsigmoid(polyp) + F.log_softmax(classes, dim=1)], dim=1)
-
-
-def _check_local_folder(folder: Path) -> None:
-    if not (folder / hub_constants.CONFIG_NAME).is_file():
-        raise ModelSourceError(f"model folder '{folder}' has no config.json")
-    if not (folder / hub_constants.SAFETENSORS_SINGLE_FILE).is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise ModelSourceError(
-                f"model folder '{folder}' holds only pickle weights {pickles}; NeoPolyp loads "
-                f"{hub_constants.SAFETENSORS_SINGLE_FILE} only and never unpickles files"
-            )
-        raise ModelSourceError(f"model folder '{folder}' has no {hub_constants.SAFETENSORS_SINGLE_FILE}")
-
-
-def _fetch_from_hub(repo_id: str, filename: str, kwargs: dict[str, Any]) -> str:
-    """Download one file of a Hub repo, turning the Hub's errors into one that names the repo."""
-    download_args = {
-        k: kwargs[k] for k in ("revision", "cache_dir", "force_download", "local_files_only", "token") if k in kwargs
-    }
-    revision = download_args.get("revision") or "main"
-    try:
-        return hf_hub_download(repo_id=repo_id, filename=filename, **download_args)
-    except LocalEntryNotFoundError as error:
-        raise ModelSourceError(
-            f"'{repo_id}' is not a local folder, and {filename} of Hub repo '{repo_id}' (revision {revision}) "
-            "is neither cached nor downloadable (offline, or the Hub is unreachable)"
-        ) from error
-    except (EntryNotFoundError, HfHubHTTPError) as error:
-        if filename == hub_constants.SAFETENSORS_SINGLE_FILE:
-            pickles = _pickle_files_in_repo(repo_id, download_args)
-            if pickles:
-                raise ModelSourceError(
-                    f"Hub repo '{repo_id}' (revision {revision}) holds only pickle weights {pickles}; NeoPolyp "
-                    f"loads {filename} only and never unpickles files"
-                ) from error
-        if isinstance(error, EntryNotFoundError):
-            raise ModelSourceError(f"Hub repo '{repo_id}' (revision {revision}) has no {filename}") from error
-        raise ModelSourceError(
-            f"cannot load Hub repo '{repo_id}' (revision {revision}): {type(error).__name__}: "
-            f"{str(error).splitlines()[0]}"
-        ) from error
-    except ValueError as error:  # HFValidationError: not a valid repo id nor an existing folder
-        raise ModelSourceError(f"'{repo_id}' is neither a model folder nor a valid Hub repo id: {error}") from error
-
-
-def _pickle_files_in_repo(repo_id: str, download_args: dict[str, Any]) -> list[str]:
-    """Names of pickle checkpoints in a Hub repo (listing only: nothing is downloaded)."""
-    try:
-        files = HfApi(token=download_args.get("token")).list_repo_files(repo_id, revision=download_args.get("revision"))
-    except Exception:  # the listing is only for a better message
-        return []
-    return sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-
-
-def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, with advice, where pretrained encoder weights are neither cached nor downloadable."""
-    settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {}).get(encoder_weights)
-    if settings is None or "repo_id" not in settings:
-        return  # smp will raise its own error naming the encoder and weights.
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(settings["repo_id"], "model.safetensors"), str):
-        return
-    advice = f"'{encoder_weights}' weights for {encoder_name} are not cached and cannot be downloaded"
-    if hub_constants.HF_HUB_OFFLINE:
-        raise ConnectionError(f"{advice}: HF_HUB_OFFLINE is set. Use --encoder-weights none to train from scratch.")
-    endpoint = urlparse(hub_constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
-    except OSError as error:
-        raise ConnectionError(
-            f"{advice}: {endpoint.hostname}:{port} is unreachable ({error}). "
-            "Use --encoder-weights none to train from scratch."
-        ) from error

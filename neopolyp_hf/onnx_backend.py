@@ -7,30 +7,43 @@ preprocessing and postprocessing are the package's own, only the forward call di
 from __future__ import annotations
 
 import json
-import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import validate_config
+from .atomic import write_atomic
+from .config import ModelConfig
 from .inference import Segmenter
 from .model import NeoPolypUNet
+from .preprocessing import ImageInput, load_image, preprocess
 
 CONFIG_KEY = "neopolyp_config"
+PRECISION_KEY = "precision"
+PRECISIONS = ("fp32", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _set_metadata(proto, config: dict[str, Any], precision: str) -> None:
+    """The package's metadata: the model config (JSON) and the numeric precision."""
+    del proto.metadata_props[:]
+    for key, value in ((CONFIG_KEY, json.dumps(config)), (PRECISION_KEY, precision)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = 17) -> Path:
     """Export with a dynamic batch dimension; the config goes into the file's metadata."""
     import onnx
 
-    path = Path(path)
     size = model.config["input_size"]
     model = model.eval().to("cpu")
     dummy = torch.zeros(1, 3, size, size)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with torch.inference_mode():
             torch.onnx.export(
                 model,
@@ -43,17 +56,78 @@ def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = 17) -> Path:
                 dynamo=False,  # the TorchScript exporter: no onnxscript dependency
             )
         proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = CONFIG_KEY, json.dumps(model.config)
+        _set_metadata(proto, model.config, "fp32")
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return write_atomic(path, write)
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    path: str | Path,
+    calibration_images: Sequence[ImageInput],
+    method: str = "minmax",
+) -> Path:
+    """Static INT8 quantization of an fp32 export: QDQ, per-channel int8 weights, uint8 activations
+    (the u8s8 pairing that VNNI runs), calibrated on real frames through the package's preprocessing."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if not calibration_images:
+        raise ValueError("INT8 calibration needs at least one image")
+    source = OnnxSegmenter(fp32_path)
+    if source.precision != "fp32":
+        raise ValueError(f"'{fp32_path}' is already {source.precision}: quantize an fp32 export")
+    config = source.config
+    frames = [
+        preprocess(load_image(image), config["input_size"], config["mean"], config["std"])[None].numpy()
+        for image in calibration_images
+    ]
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.remaining = iter(frames)
+
+        def get_next(self):
+            frame = next(self.remaining, None)
+            return None if frame is None else {source.input_name: frame}
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        prepared = Path(workdir) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up first
+        quantized = Path(workdir) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Frames(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"CalibTensorRangeSymmetric": False},
+        )
+        proto = onnx.load(str(quantized))
+        _set_metadata(proto, config, "int8")
+        return write_atomic(path, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 class OnnxSegmenter(Segmenter):
-    """An exported model run by ONNX Runtime on the CPU."""
+    """An exported model (fp32 or INT8, as its metadata says: `precision`) run by ONNX Runtime on the CPU."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -72,7 +146,11 @@ class OnnxSegmenter(Segmenter):
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in metadata:
             raise ValueError(f"ONNX model '{path}' has no {CONFIG_KEY} metadata: export it with train/export_onnx.py")
-        self.config: dict[str, Any] = validate_config(json.loads(metadata[CONFIG_KEY]))
+        self.config: dict[str, Any] = ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]), saved=True).to_dict()
+        # Files exported before the precision key are fp32.
+        self.precision = metadata.get(PRECISION_KEY, "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"ONNX model '{path}' has unknown precision {self.precision!r}")
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

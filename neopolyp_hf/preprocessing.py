@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,15 +17,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageLoadError
+
 # An endoscopy frame is at most a few megapixels; 64 MP leaves room for any of them while
 # refusing decompression bombs before they are decoded.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-
-
-class ImageLoadError(ValueError):
-    """An input that cannot be read as an image, named in the message."""
+# What an endoscope or a browser upload plausibly is. Pillow's other decoders (EPS through
+# Ghostscript, FITS, PSD, ...) are attack surface with no use here.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 
 def _describe(source: ImageInput) -> str:
@@ -50,8 +52,13 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a path, bytes, PIL image or array into an HxWx3 uint8 RGB array, EXIF-upright."""
+def load_image(
+    source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Sequence[str] = ALLOWED_FORMATS
+) -> np.ndarray:
+    """Read a path, bytes, PIL image or array into an HxWx3 uint8 RGB array, EXIF-upright.
+
+    Files are opened with Pillow's decoders for `formats` only; any other format is refused by name.
+    """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, max_pixels)
     if isinstance(source, Image.Image):
@@ -60,17 +67,42 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise ImageLoadError(f"image file {name} does not exist")
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            _check_pixels(image.width * image.height, max_pixels, name)
-            image.load()
-            return _pil_to_rgb(image)
+        with warnings.catch_warnings():
+            # Pillow warns, then raises, over its own pixel limit; ours (max_pixels) is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(data, formats=list(formats)) as image:
+                _check_pixels(image.width * image.height, max_pixels, name)
+                image.load()
+                return _pil_to_rgb(image)
     except ImageLoadError:
         raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            f"{name} claims more pixels than can be decoded safely (a decompression bomb?), "
+            f"over the limit of {max_pixels:,}: {error}"
+        ) from error
     except UnidentifiedImageError as error:
+        found = _sniff_format(data)
+        if found is not None and found not in formats:
+            raise ImageLoadError(f"{name} is in {found} format, which is not accepted (accepted: {', '.join(formats)})") from error
         raise ImageLoadError(f"{name} is not a readable image file (unknown or unsupported format)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{name} is corrupt or truncated: {error}") from error
+
+
+def _sniff_format(data) -> str | None:
+    """The format Pillow would read the file as: header parsing only, nothing is decoded."""
+    try:
+        if hasattr(data, "seek"):
+            data.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(data) as image:
+                return image.format
+    except Exception:  # only for a better message
+        return None
 
 
 def _check_pixels(pixels: int, max_pixels: int, name: str) -> None:

@@ -1,29 +1,35 @@
-"""What a serving app needs beyond `predict`: loading with provenance, and tables for display."""
+"""What serving needs beyond `predict`: the backend choice, loading with provenance, and display tables."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, hf_hub_download
-from PIL import Image
+from huggingface_hub import ModelCard
 
-from .atomic import write_atomic
-from .inference import Prediction
-from .masks import colorize_mask
-from .model import ModelSourceError, NeoPolypUNet
+from .errors import ModelSourceError, NeoPolypError
+from .inference import Prediction, Segmenter
+from .model import NeoPolypUNet
+from .onnx_backend import OnnxSegmenter, export_onnx
+from .source import fetch_model_file
 from .synthetic import SYNTHETIC_DATASET
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("fp32", "bf16", "int8")
+INT8_FILE = "model_int8.onnx"  # an INT8 export published beside the weights (train/export_onnx.py --int8)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Where the served model came from and where it runs."""
+    """Where the served model came from and where and how it runs."""
 
     source: str
     revision: str
     device: str
+    backend: str  # "torch" or "onnx"
     precision: str
     datasets: tuple[str, ...]
 
@@ -38,36 +44,70 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _card_path(source: str, revision: str | None) -> Path | None:
-    if os.path.isdir(source):
-        path = Path(source) / "README.md"
-        return path if path.is_file() else None
-    try:
-        return Path(hf_hub_download(source, "README.md", revision=revision))
-    except Exception:  # a card is optional: provenance then says "unknown"
-        return None
+def default_onnx_cache() -> Path:
+    """Where exported ONNX files are kept: $NEOPOLYP_CACHE, else ~/.cache/neopolyp."""
+    return Path(os.environ.get("NEOPOLYP_CACHE") or Path.home() / ".cache" / "neopolyp") / "onnx"
 
 
-def load_model_for_serving(
-    source: str, revision: str | None = None, precision: str = "fp32"
-) -> tuple[NeoPolypUNet, ModelInfo]:
-    """Load a model folder or Hub repo onto the best device, ready for inference; errors name the source."""
+def cached_onnx_export(model: NeoPolypUNet, weights: Path, cache_dir: Path | None = None) -> Path:
+    """The model's fp32 ONNX export, made once per weights file: named by the weights' SHA-256 and
+    written atomically, so a restart (or a second process) reuses it."""
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    path = (cache_dir or default_onnx_cache()) / f"{digest.hexdigest()[:32]}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path)
+    return path
+
+
+def load_segmenter(
+    source: str,
+    revision: str | None = None,
+    backend: str = "auto",
+    precision: str = "fp32",
+    onnx_cache: Path | None = None,
+) -> tuple[Segmenter, ModelInfo]:
+    """A model folder, Hub repo or .onnx file, ready for inference on the chosen backend.
+
+    `backend` "auto" is ONNX Runtime on a CPU and torch on CUDA. `precision` "bf16" is a torch
+    option, "int8" an ONNX one (the model's `model_int8.onnx`). Errors name the source.
+    """
+    if backend not in BACKENDS:
+        raise ModelSourceError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ModelSourceError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if not source:
         raise ModelSourceError("no model source given: set NEOPOLYP_MODEL to a model folder or a Hub repo id")
-    device = pick_device()
     try:
-        model = NeoPolypUNet.from_pretrained(source, revision=revision).to(device).optimize_for_inference(precision)
-    except (ModelSourceError, ValueError) as error:
+        if str(source).endswith(".onnx"):  # an export: its metadata says the config and precision
+            segmenter = OnnxSegmenter(source)
+            return segmenter, ModelInfo(source, "local file", "cpu", "onnx", segmenter.precision, ())
+        device = pick_device()
+        if backend == "auto":
+            backend = "onnx" if device.type == "cpu" or precision == "int8" else "torch"
+        if (backend, precision) in (("onnx", "bf16"), ("torch", "int8")):
+            raise ModelSourceError(
+                f"precision {precision} needs the {'torch' if precision == 'bf16' else 'onnx'} backend"
+            )
+        model = NeoPolypUNet.from_pretrained(source, revision=revision)
+        files = model.files
+        if backend == "onnx":
+            device = torch.device("cpu")
+            if precision == "int8":
+                segmenter = OnnxSegmenter(fetch_model_file(files, INT8_FILE))
+            else:
+                segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache))
+        else:
+            segmenter = model.to(device).optimize_for_inference(precision)
+    except (NeoPolypError, ValueError, FileNotFoundError) as error:
         raise ModelSourceError(f"cannot load model '{source}': {error}") from error
-    local = os.path.isdir(source)
-    resolved = "local folder" if local else (revision or "main")
-    card = _card_path(source, revision)
     datasets: tuple[str, ...] = ()
-    if card is not None:
-        if not local and card.parent.parent.name == "snapshots":
-            resolved = f"{revision or 'main'} ({card.parent.name[:10]})"  # the commit that was pulled
-        datasets = tuple(ModelCard.load(card).data.to_dict().get("datasets") or ())
-    return model, ModelInfo(source, resolved, str(device), precision, datasets)
+    if files.card is not None:
+        datasets = tuple(ModelCard.load(files.card).data.to_dict().get("datasets") or ())
+    return segmenter, ModelInfo(source, files.describe_revision(), str(device), backend, precision, datasets)
 
 
 def percentages_summary(prediction: Prediction) -> dict[str, dict[str, float]]:
@@ -81,6 +121,18 @@ def percentages_summary(prediction: Prediction) -> dict[str, dict[str, float]]:
     }
 
 
+def percentages_sentences(prediction: Prediction) -> str:
+    """One short sentence per polyp class: its share of the image and of the polyp area."""
+    if not prediction.lesions:
+        return "No polyp pixels found."
+    lines = []
+    for name in prediction.class_names[1:]:
+        label = name.replace("_", "-").capitalize()
+        image_share, polyp_share = prediction.percentages[name], prediction.polyp_percentages[name]
+        lines.append(f"- **{label}**: {image_share:.1f}% of the image, {polyp_share:.0f}% of the polyp area")
+    return "\n".join(lines)
+
+
 LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence"]
 
 
@@ -90,9 +142,3 @@ def lesion_rows(prediction: Prediction) -> list[list]:
         [i + 1, lesion.class_name, lesion.area_px, round(lesion.area_percent, 3), round(lesion.confidence, 3)]
         for i, lesion in enumerate(prediction.lesions)
     ]
-
-
-def save_mask_png(prediction: Prediction, path: str | Path) -> Path:
-    """The colour mask (the competition's colours) as a lossless PNG, written atomically."""
-    picture = Image.fromarray(colorize_mask(prediction.mask, prediction.class_colors))
-    return write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
+# ONNX exports cached by the serving loader go to a folder of this run, not the user's cache.
+os.environ["NEOPOLYP_CACHE"] = tempfile.mkdtemp(prefix="neopolyp-test-cache-")
 
 import pytest  # noqa: E402
 
@@ -47,10 +50,9 @@ def random_model():
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, synthetic_data) -> Path:
     """A model trained briefly on synthetic data with train/train.py (best/ folder)."""
-    import sys
+    from helpers import load_script
 
-    sys.path.insert(0, str(ROOT / "train"))
-    import train as train_script
+    train_script = load_script("train")
 
     out = tmp_path_factory.mktemp("trained")
     args = train_script.get_args_parser().parse_args(

@@ -22,15 +22,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from helpers import free_port
+
 GIT = ["git", "-c", "user.name=hub", "-c", "user.email=hub@localhost", "-c", "commit.gpgsign=false"]
 REPO_PATH = r"/api/(?P<type>models|datasets|spaces)/(?P<org>[\w.-]+)/(?P<name>[\w.-]+)"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def git(repo: Path, *args: str) -> str:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, png_header_only, start_app, stop_app
 from PIL import Image
 
-from neopolyp_hf import NeoPolypUNet
-from neopolyp_hf.serving import percentages_summary
+from neopolyp_hf.serving import load_segmenter, percentages_summary
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,50 +31,15 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(env_extra: dict[str, str], timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """Launch app.py on a free loopback port and wait until it answers."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), **env_extra}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{process.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise TimeoutError(f"app.py did not answer on {url} within {timeout} s")
-
-
-def stop_app(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @pytest.fixture(scope="module")
 def served(trained_model_dir):
-    process, url = start_app({"NEOPOLYP_MODEL": str(trained_model_dir / "best"), "NEOPOLYP_MAX_PIXELS": "4000000"})
+    process, url = start_app(
+        {
+            "NEOPOLYP_MODEL": str(trained_model_dir / "best"),
+            "NEOPOLYP_MAX_PIXELS": "4000000",
+            "NEOPOLYP_MAX_FILE_SIZE": "2000000",
+        }
+    )
     try:
         yield url, trained_model_dir / "best"
     finally:
@@ -105,9 +67,14 @@ def _call(client, path):
 @pytest.mark.slow
 def test_api_matches_the_package(client, served, example_image):
     overlay_path, percentages, lesions = _call(client, example_image)
-    # The app serves the model prepared for inference (channels-last): compare like with like.
-    expected = NeoPolypUNet.from_pretrained(served[1]).optimize_for_inference().predict(example_image)
-    assert np.array_equal(np.asarray(Image.open(overlay_path).convert("RGB")), np.asarray(expected.overlay))
+    # On a CPU the app serves the ONNX Runtime backend (auto): compare like with like.
+    segmenter, info = load_segmenter(str(served[1]))
+    assert info.backend == "onnx"
+    expected = segmenter.predict(example_image)
+    overlay = Image.open(overlay_path)
+    assert overlay.format == "JPEG" and overlay.size == expected.overlay.size  # full size, fast lossy encoding
+    difference = np.abs(np.asarray(overlay.convert("RGB"), np.int16) - np.asarray(expected.overlay, np.int16))
+    assert difference.mean() < 3  # JPEG noise only
     assert percentages == percentages_summary(expected)
     assert len(lesions["data"]) == len(expected.lesions)
     assert lesions["headers"][:3] == ["lesion", "class", "area (px)"]
@@ -127,6 +94,8 @@ def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, examp
         "notes.png": (b"this is not an image", "not a readable image"),
         "broken.jpeg": (_bytes(Image.new("RGB", (300, 300), "red"), "JPEG")[:400], "corrupt or truncated"),
         "huge.png": (_bytes(Image.new("RGB", (2100, 2000))), "over the limit"),
+        "bomb.png": (png_header_only(50_000, 50_000), "decompression bomb.*2500000000 pixels"),
+        "scan.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n", "EPS format"),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / name
@@ -135,6 +104,12 @@ def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, examp
             _call(client, path)
         assert name in str(caught.value) and "/tmp/gradio" not in str(caught.value)
         assert _call(client, example_image)[1]  # the next good request still succeeds
+    big = tmp_path / "big.png"
+    big.write_bytes(_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), np.uint8))))
+    assert big.stat().st_size > 2_000_000
+    with pytest.raises(Exception, match="exceeded maximum allowed size of 2000000 bytes"):
+        _call(client, big)
+    assert _call(client, example_image)[1]
 
 
 @pytest.mark.slow
@@ -169,6 +144,51 @@ def test_concurrent_requests_agree(client, served, example_image):
     assert all(r[1] == results[0][1] for r in results)
 
 
+@pytest.mark.slow
+def test_cache_is_deleted_and_a_full_queue_says_try_again(trained_model_dir, example_image, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    temp = tmp_path / "gradio-temp"
+    process, url = start_app(
+        {
+            "NEOPOLYP_MODEL": str(trained_model_dir / "best"),
+            "NEOPOLYP_CACHE_SECONDS": "3",
+            "NEOPOLYP_QUEUE_SIZE": "1",
+            "GRADIO_TEMP_DIR": str(temp),
+        }
+    )
+    try:
+        client = Client(url, verbose=False)
+        for _ in range(3):
+            client.predict(handle_file(str(example_image)), api_name="/predict")
+
+        def files() -> list[Path]:
+            return [p for p in temp.rglob("*") if p.is_file()]
+
+        assert files()  # uploads and JPEG outputs, until the sweep
+        deadline = time.time() + 30
+        while files() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not files(), files()
+
+        # Many requests at once into a queue of one: the overflow is refused with "try again".
+        jobs = [client.submit(handle_file(str(example_image)), api_name="/predict") for _ in range(12)]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=120)[1])
+            except Exception as error:  # QueueError from gradio_client
+                assert not isinstance(error, AppError), error
+                outcomes.append(str(error))
+        refused = [o for o in outcomes if isinstance(o, str)]
+        assert refused and all("try again" in o.lower() for o in refused), outcomes
+        assert any(isinstance(o, dict) for o in outcomes)
+        assert client.predict(handle_file(str(example_image)), api_name="/predict")[1]  # still serving
+    finally:
+        stop_app(process)
+
+
 def test_broken_model_source_stops_start_up_with_its_name(tmp_path):
     for source in (str(tmp_path / "no-such-folder"), "nobody/no-such-model"):
         result = subprocess.run(
@@ -201,9 +221,13 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             page.wait_for_timeout(1500)
             page.click("#run")
             page.locator("#overlay img").wait_for(state="visible", timeout=90_000)
-            page.get_by_text("percent_of_image").first.wait_for(timeout=30_000)
-            text = page.inner_text("body")
-            assert "neoplastic" in text and "percent_of_polyp_area" in text
+            page.get_by_text("of the polyp area").first.wait_for(timeout=30_000)
+            text = page.inner_text("#summary")
+            assert "Neoplastic" in text and "Non-neoplastic" in text and "% of the image" in text
+            assert "percent_of_image" not in page.inner_text("body")  # no raw JSON for people
+            assert "backend: onnx" in page.inner_text("#model-info")
+            page.click("#make-mask")
+            page.locator("#mask-file a").first.wait_for(timeout=30_000)
             source = page.locator("#overlay img").get_attribute("src")
             assert source and ("image" in source or source.startswith("data:"))
             page.screenshot(path=str(tmp_path / "neopolyp_app.png"), full_page=True)

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, start_app, stop_app
 from hub_server import LocalHub, commit_files, create_repo
-from test_app import start_app, stop_app
 
 from neopolyp_hf import NeoPolypUNet
 
-ROOT = Path(__file__).resolve().parents[1]
 REPO = "test-org/neopolyp"
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neopolyp_hf import colorize_mask, decode_mask, load_image, overlay
-from neopolyp_hf.classes import DEFAULT_CLASS_COLORS
+from neopolyp_hf import colorize_mask, decode_mask, load_image, overlay_mask
+from neopolyp_hf.classes import CLASS_COLORS
 
 
 def test_decode_exact_palette_colours():
@@ -40,7 +40,7 @@ def test_overlay_blends_only_polyp_pixels():
     image = np.full((4, 4, 3), 100, np.uint8)
     classes = np.zeros((4, 4), np.uint8)
     classes[0, 0], classes[1, 1] = 1, 2
-    out = np.asarray(overlay(image, classes, DEFAULT_CLASS_COLORS, alpha=0.5))
+    out = np.asarray(overlay_mask(image, classes, CLASS_COLORS, alpha=0.5))
     assert out[0, 0].tolist() == [178, 50, 50]  # halfway to red
     assert out[1, 1].tolist() == [50, 178, 50]
     assert (out[2:] == 100).all()

@@ -2,6 +2,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers import png_header_only
 from PIL import Image
 
 from neopolyp_hf import ImageLoadError, load_image
@@ -94,3 +95,30 @@ def test_training_eval_transform_equals_predict_preprocessing(synthetic_data):
         train_tensor = dataset[index][0].numpy()
         assert seen[0].shape == (1, 3, 96, 96)
         assert np.array_equal(seen[0][0], train_tensor)
+
+
+def test_decompression_bomb_is_an_image_load_error_with_the_pixel_count(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_only(50_000, 50_000))
+    with pytest.raises(ImageLoadError, match="bomb.png.*decompression bomb.*2500000000 pixels"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="81,000,000 pixels, over the limit"):
+        load_image(png_header_only(9_000, 9_000))  # under Pillow's limit, over ours
+
+
+def test_formats_outside_the_allow_list_are_refused_by_name(tmp_path):
+    eps = tmp_path / "scan.eps"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n")
+    with pytest.raises(ImageLoadError, match="scan.eps' is in EPS format, which is not accepted"):
+        load_image(eps)
+    fits = tmp_path / "frame.fits"
+    header = "".join(card.ljust(80) for card in ["SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 2", "NAXIS1  = 4"])
+    header += "".join(card.ljust(80) for card in ["NAXIS2  = 4", "END"])
+    fits.write_bytes(header.ljust(2880).encode() + bytes(2880))
+    with pytest.raises(ImageLoadError, match="FITS format, which is not accepted"):
+        load_image(fits)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), "red").save(buffer, format="WEBP")
+    assert load_image(buffer.getvalue()).shape == (6, 8, 3)  # on the list
+    with pytest.raises(ImageLoadError, match="WEBP format"):
+        load_image(buffer.getvalue(), formats=("PNG",))

@@ -4,18 +4,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, load_script
 
 from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.synthetic import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
-sys.path.insert(0, str(ROOT / "train"))
-import train as train_script  # noqa: E402
+train_script = load_script("train")
 
 TRAIN = [sys.executable, str(ROOT / "train" / "train.py")]
 SMALL = ["--image-size", "64", "--encoder-weights", "none", "--num-workers", "0", "--num-overlays", "0"]
@@ -104,6 +101,11 @@ def test_imagenet_unavailable_fails_fast_with_advice(tmp_path, synthetic_data, n
     assert "--encoder-weights none" in result.stderr
     assert not (tmp_path / "o" / "best").exists()
     assert time.perf_counter() - started < 60  # not the 25 s+ hang of a blind download attempt, plus start-up
+
+
+def test_imagenet_offline_fails_fast_with_advice():
+    with pytest.raises(ConnectionError, match="--encoder-weights none"):
+        train_script.check_encoder_weights_reachable("resnet34", "imagenet")
 
 
 @pytest.mark.slow

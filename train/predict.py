@@ -10,41 +10,39 @@ import argparse
 import csv
 import io
 import sys
-import tempfile
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neopolyp_hf import ImageLoadError, NeoPolypUNet, colorize_mask, load_image, rle_encode  # noqa: E402
-from neopolyp_hf.atomic import write_atomic, write_text_atomic  # noqa: E402
-from neopolyp_hf.classes import NEOPLASTIC, NON_NEOPLASTIC  # noqa: E402
-from neopolyp_hf.data import IMAGE_SUFFIXES  # noqa: E402
-from neopolyp_hf.model import ModelSourceError  # noqa: E402
-from neopolyp_hf.serving import pick_device  # noqa: E402
+from neopolyp_hf import ImageLoadError, NeoPolypError, load_image, rle_encode
+from neopolyp_hf.atomic import write_text_atomic
+from neopolyp_hf.classes import POLYP_CLASSES
+from neopolyp_hf.data import IMAGE_SUFFIXES
+from neopolyp_hf.masks import save_mask_png
+from neopolyp_hf.serving import BACKENDS, PRECISIONS, load_segmenter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(description="Segment a folder; write the submission CSV.")
-    parser.add_argument("--model", required=True, help="model folder or Hub repo id (or a .onnx file with onnx)")
+    parser.add_argument("--model", required=True, help="model folder, Hub repo id, or an exported .onnx file")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--images", required=True, help="folder of .jpeg/.jpg/.png images")
     parser.add_argument("--output", required=True, help="submission CSV to write (atomically)")
     parser.add_argument("--masks-dir", default=None, help="also write colour masks as lossless <id>.png")
     parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    parser.add_argument(
+        "--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime on a CPU, torch on CUDA"
+    )
     parser.add_argument("--sample-submission", default=None, help="write rows in this CSV's order")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images (empty masks), say which")
     parser.add_argument("--no-lesion-consistency", action="store_true")
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "bf16"],
-        help="torch backend: bf16 autocast is faster on CPUs with AVX512-BF16, slightly less exact",
+        choices=PRECISIONS,
+        help="bf16 (torch): autocast, fast on some CPUs only; int8 (onnx): the model's model_int8.onnx",
     )
     return parser
 
@@ -71,27 +69,11 @@ def sample_ids(path: Path) -> list[str]:
     ids: list[str] = []
     for row in rows[1:]:
         image_id, _, suffix = row[0].rpartition("_")
-        if suffix not in ("0", "1") or not image_id:
+        if suffix not in [str(i) for i in range(len(POLYP_CLASSES))] or not image_id:
             raise SystemExit(f"error: sample submission '{path}' has a malformed Id {row[0]!r}")
         if image_id not in ids:
             ids.append(image_id)
     return ids
-
-
-def load_backend(args: argparse.Namespace, workdir: Path):
-    """The torch model, or its ONNX Runtime twin (exported on the fly unless --model is a .onnx file)."""
-    try:
-        if args.backend == "onnx":
-            from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx
-
-            if args.model.endswith(".onnx"):
-                return OnnxSegmenter(args.model)
-            model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision)
-            return OnnxSegmenter(export_onnx(model, workdir / "model.onnx"))
-        model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision).to(pick_device())
-        return model.optimize_for_inference(args.precision)
-    except (ModelSourceError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from error
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -125,34 +107,36 @@ def main(args: argparse.Namespace) -> Path:
     masks_dir = Path(args.masks_dir) if args.masks_dir else None
     if masks_dir:
         masks_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, tuple[str, str]] = {i: ("", "") for i in bad}
+    # One row per polyp class, `<id>_0`, `<id>_1`, ... in class order, as the competition numbers them.
+    rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
     good = [i for i in ids if i not in bad]
-    with tempfile.TemporaryDirectory() as workdir:
-        backend = load_backend(args, Path(workdir))
-        with tqdm(total=len(good), desc=f"predict ({args.backend})") as bar:
-            for start in range(0, len(good), args.batch_size):
-                chunk = good[start : start + args.batch_size]
-                predictions = backend.predict_batch(
-                    [images[i] for i in chunk], tta=args.tta, lesion_consistency=not args.no_lesion_consistency
-                )
-                for image_id, prediction in zip(chunk, predictions, strict=True):
-                    rows[image_id] = (
-                        rle_encode(prediction.mask == NEOPLASTIC),
-                        rle_encode(prediction.mask == NON_NEOPLASTIC),
-                    )
-                    if masks_dir:
-                        picture = Image.fromarray(colorize_mask(prediction.mask, prediction.class_colors))
-                        write_atomic(masks_dir / f"{image_id}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
-                bar.update(len(chunk))
+    try:
+        backend, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
+    except NeoPolypError as error:
+        raise SystemExit(f"error: {error}") from error
+    with tqdm(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
+        for start in range(0, len(good), args.batch_size):
+            chunk = good[start : start + args.batch_size]
+            predictions = backend.predict_batch(
+                [images[i] for i in chunk], tta=args.tta, lesion_consistency=not args.no_lesion_consistency
+            )
+            for image_id, prediction in zip(chunk, predictions, strict=True):
+                rows[image_id] = [rle_encode(prediction.mask == c) for c in POLYP_CLASSES]
+                if masks_dir:
+                    save_mask_png(prediction.mask, masks_dir / f"{image_id}.png")
+            bar.update(len(chunk))
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["Id", "Expected"])
     for image_id in ids:
-        writer.writerow([f"{image_id}_0", rows[image_id][0]])
-        writer.writerow([f"{image_id}_1", rows[image_id][1]])
+        for index, rle in enumerate(rows[image_id]):
+            writer.writerow([f"{image_id}_{index}", rle])
     output = write_text_atomic(args.output, buffer.getvalue())
-    print(f"wrote {output}: {len(ids)} image(s), {2 * len(ids)} rows" + (f", {len(bad)} skipped" if bad else ""))
+    print(
+        f"wrote {output}: {len(ids)} image(s), {len(POLYP_CLASSES) * len(ids)} rows"
+        + (f", {len(bad)} skipped" if bad else "")
+    )
     return output
 
 

@@ -11,29 +11,34 @@ import json
 import math
 import os
 import shutil
-import sys
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
+import segmentation_models_pytorch as smp
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import presets  # noqa: E402
-from reporting import save_training_curves, save_validation_overlays  # noqa: E402
-
-from neopolyp_hf import NeoPolypUNet  # noqa: E402
-from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic  # noqa: E402
-from neopolyp_hf.config import ConfigError  # noqa: E402
-from neopolyp_hf.data import DataError, SegmentationDataset, build_cache, find_pairs, stratified_split  # noqa: E402
-from neopolyp_hf.metrics import DiceAccumulator  # noqa: E402
-from neopolyp_hf.model import DATASET_ID, head_scores  # noqa: E402
-from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET  # noqa: E402
+from neopolyp_hf import ConfigError, DataError, NeoPolypUNet, recipes
+from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
+from neopolyp_hf.data import (
+    DATASET_ID,
+    SegmentationDataset,
+    build_cache,
+    find_pairs,
+    holds_minority_class,
+    stratified_split,
+)
+from neopolyp_hf.metrics import DiceAccumulator
+from neopolyp_hf.model import head_scores
+from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
+from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
 
 STATE_FILE = "training_state.json"
 
@@ -43,7 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the NeoPolyp U-Net.", add_help=add_help)
     parser.add_argument("--data-dir", required=True, help="competition layout: train/train, train_gt/train_gt")
     parser.add_argument("--output-dir", required=True, help="where best/, last/, metrics.jsonl and plots go")
-    parser.add_argument("--recipe", default="neopolyp", choices=sorted(presets.RECIPES), help="training recipe")
+    parser.add_argument("--recipe", default="neopolyp", choices=sorted(recipes.RECIPES), help="training recipe")
     parser.add_argument(
         "--recipe-override",
         action="append",
@@ -52,7 +57,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="change one field of the recipe (repeatable), e.g. minority_oversampling=1",
     )
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--image-size", type=int, default=256, help="square input size, a multiple of 32")
     parser.add_argument("--encoder-name", default="resnet34")
@@ -230,10 +235,33 @@ def find_last_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def build_model(args: argparse.Namespace, recipe: presets.Recipe) -> NeoPolypUNet:
+def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, with advice, where pretrained encoder weights are neither cached nor downloadable."""
+    settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {}).get(encoder_weights)
+    if settings is None or "repo_id" not in settings:
+        return  # smp will raise its own error naming the encoder and weights.
+    if isinstance(try_to_load_from_cache(settings["repo_id"], "model.safetensors"), str):
+        return
+    advice = f"'{encoder_weights}' weights for {encoder_name} are not cached and cannot be downloaded"
+    if hub_constants.HF_HUB_OFFLINE:
+        raise ConnectionError(f"{advice}: HF_HUB_OFFLINE is set. Use --encoder-weights none to train from scratch.")
+    endpoint = urlparse(hub_constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"{advice}: {endpoint.hostname}:{port} is unreachable ({error}). "
+            "Use --encoder-weights none to train from scratch."
+        ) from error
+
+
+def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNet:
     """A new model; an unreachable ImageNet download fails fast with advice."""
     weights = None if args.encoder_weights == "none" else args.encoder_weights
     try:
+        if weights is not None:
+            check_encoder_weights_reachable(args.encoder_name, weights)
         return NeoPolypUNet(
             encoder_name=args.encoder_name, encoder_weights=weights, input_size=args.image_size, head=recipe.head
         )
@@ -250,7 +278,7 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        recipe = presets.resolve_recipe(args.recipe, args.recipe_override)
+        recipe = recipes.resolve_recipe(args.recipe, args.recipe_override)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     lr = args.lr if args.lr is not None else recipe.lr
@@ -271,8 +299,8 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {error}") from error
     config = model.config
 
-    weights = [recipe.minority_oversampling if s in ("non_neoplastic", "both") else 1.0 for s in train_cache.strata]
-    augment = presets.train_augmentation(recipe)
+    weights = [recipe.minority_oversampling if holds_minority_class(s) else 1.0 for s in train_cache.strata]
+    augment = recipes.train_augmentation(recipe)
     augment.set_random_seed(args.seed)
     train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
     val_set = SegmentationDataset(val_cache, config["mean"], config["std"])
@@ -290,9 +318,9 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {batch_size}")
 
     pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
-    loss_fn = presets.build_loss(recipe, pixel_counts).to(accelerator.device)
-    optimizer = presets.build_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
-    scheduler = presets.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
+    loss_fn = recipes.build_loss(recipe, pixel_counts).to(accelerator.device)
+    optimizer = recipes.build_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
+    scheduler = recipes.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
     channels_last = accelerator.device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,8 +1,8 @@
-"""Training recipes: augmentations, loss and optimizer settings, kept apart from the loop."""
+"""Training recipes: augmentations, loss and optimizer settings, kept apart from the loop (train/train.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import albumentations as A
 import cv2
@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neopolyp_hf.model import head_scores
+from .model import head_scores
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything a recipe decides; the command line may override lr, optimizer and scheduler."""
+    """Everything a recipe decides; train.py's --lr, --batch-size and --scheduler override those three,
+    and --recipe-override FIELD=VALUE any field but the name and description."""
 
     name: str
     description: str
@@ -36,59 +37,49 @@ class Recipe:
     # The CPU protocol (from scratch, 2 cores, at most 30 minutes): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
-    extra: dict = field(default_factory=dict)
 
 
-RECIPES = {
-    "reference": Recipe(
-        name="reference",
-        description="The student's Kaggle entry: Adam 1e-4, Dice (all classes) + CE, flips/rot90/gamma/RGB shift.",
-        optimizer="adam",
-        lr=1e-4,
-        weight_decay=0.0,
-        scheduler="none",
-        strong_augmentation=False,
-        class_weighted_ce=False,
-        dice_polyp_classes_only=False,
-        minority_oversampling=1.0,
+REFERENCE = Recipe(
+    name="reference",
+    description="The student's Kaggle entry: Adam 1e-4, Dice (all classes) + CE, flips/rot90/gamma/RGB shift.",
+    optimizer="adam",
+    lr=1e-4,
+    weight_decay=0.0,
+    scheduler="none",
+    strong_augmentation=False,
+    class_weighted_ce=False,
+    dice_polyp_classes_only=False,
+    minority_oversampling=1.0,
+)
+NEOPOLYP_V1 = Recipe(
+    name="neopolyp",
+    description=(
+        "The project's default: AdamW one-cycle to 1e-3, batch 4, class-weighted CE + Dice over the "
+        "polyp classes, scale/shift/rotate and colour jitter, non-neoplastic images drawn 3x as often."
     ),
-    "neopolyp": Recipe(
-        name="neopolyp",
-        description=(
-            "The project's default: AdamW one-cycle to 1e-3, batch 4, class-weighted CE + Dice over the "
-            "polyp classes, scale/shift/rotate and colour jitter, non-neoplastic images drawn 3x as often."
-        ),
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=1e-4,
-        scheduler="onecycle",
-        strong_augmentation=True,
-        class_weighted_ce=True,
-        dice_polyp_classes_only=True,
-        minority_oversampling=3.0,
-        batch_size=4,
+    optimizer="adamw",
+    lr=1e-3,
+    weight_decay=1e-4,
+    scheduler="onecycle",
+    strong_augmentation=True,
+    class_weighted_ce=True,
+    dice_polyp_classes_only=True,
+    minority_oversampling=3.0,
+    batch_size=4,
+)
+NEOPOLYP_V2 = replace(
+    NEOPOLYP_V1,
+    name="neopolyp-v2",
+    description=(
+        "neopolyp plus a class-agnostic polyp head beside the class head, trained on random 128 px "
+        "crops (two in three holding polyp) of frames cached at 256 px and run on whole 256 px frames."
     ),
-    "neopolyp-v2": Recipe(
-        name="neopolyp-v2",
-        description=(
-            "neopolyp plus a class-agnostic polyp head beside the class head, trained on random 128 px "
-            "crops (two in three holding polyp) of frames cached at 256 px and run on whole 256 px frames."
-        ),
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=1e-4,
-        scheduler="onecycle",
-        strong_augmentation=True,
-        class_weighted_ce=True,
-        dice_polyp_classes_only=True,
-        minority_oversampling=3.0,
-        batch_size=4,
-        crop_size=128,
-        head="polyp_then_class",
-        cpu_image_size=256,
-        cpu_epochs=16,
-    ),
-}
+    crop_size=128,
+    head="polyp_then_class",
+    cpu_image_size=256,
+    cpu_epochs=16,
+)
+RECIPES = {recipe.name: recipe for recipe in (REFERENCE, NEOPOLYP_V1, NEOPOLYP_V2)}
 
 
 def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
@@ -97,8 +88,8 @@ def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
     changes = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep or key not in recipe.__dataclass_fields__ or key in ("name", "description", "extra"):
-            fields = [f for f in recipe.__dataclass_fields__ if f not in ("name", "description", "extra")]
+        if not sep or key not in recipe.__dataclass_fields__ or key in ("name", "description"):
+            fields = [f for f in recipe.__dataclass_fields__ if f not in ("name", "description")]
             raise ValueError(f"bad recipe override {item!r}: use FIELD=VALUE with FIELD one of {fields}")
         current = getattr(recipe, key)
         if isinstance(current, bool):

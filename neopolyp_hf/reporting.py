@@ -1,4 +1,4 @@
-"""End-of-run reports: training curves and validation overlays as PNG."""
+"""End-of-run training reports: training curves and validation overlays as PNG (needs matplotlib)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from neopolyp_hf import NeoPolypUNet, overlay  # noqa: E402
-from neopolyp_hf.atomic import write_atomic  # noqa: E402
-from neopolyp_hf.data import Sample, load_pair  # noqa: E402
+from .atomic import write_atomic  # noqa: E402
+from .data import Sample, load_pair  # noqa: E402
+from .masks import overlay_mask  # noqa: E402
+from .model import NeoPolypUNet  # noqa: E402
 
 
 def save_training_curves(history: list[dict], path: Path) -> None:
@@ -46,7 +47,7 @@ def save_validation_overlays(model: NeoPolypUNet, samples: list[Sample], folder:
         image, truth = load_pair(sample)
         prediction = model.predict(image)
         side_by_side = np.concatenate(
-            [np.asarray(overlay(image, truth, colors)), np.asarray(prediction.overlay)], axis=1
+            [np.asarray(overlay_mask(image, truth, colors)), np.asarray(prediction.overlay)], axis=1
         )
         picture = Image.fromarray(side_by_side)
         picture = picture.resize((picture.width // 2, picture.height // 2))

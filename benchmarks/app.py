@@ -1,0 +1,178 @@
+"""The Space under load, on loopback: latency against predict(), throughput, memory and disk, in one run.
+
+    python benchmarks/app.py --model MODEL_DIR [--image FRAME.jpeg] [--requests 500] [--clients 10]
+
+It launches app.py on a free 127.0.0.1 port with the given model (the app's own backend choice),
+then measures:
+- the median sequential /predict latency after warm-up, and predict() in this process on the same
+  image (the app's backend), and their ratio;
+- throughput with `--clients` clients sending `--burst` requests in all;
+- server RSS (the app process and its children) at idle and after each 100 of `--requests`;
+- the growth of the app's temp folders (Gradio's cache and the app's own) after them.
+Every loop is bounded in count and time, and talks only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_TEST = ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp" / "test" / "test"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MB (from /proc)."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.is_file():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        status = Path(f"/proc/{each}/status")
+        if status.is_file():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def folder_mb(folder: Path) -> float:
+    """Bytes of all files under a folder, in MB."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def launch(model: str, temp: Path, deadline_s: float = 240) -> tuple[subprocess.Popen, str]:
+    """app.py on a free loopback port, its temp folders under `temp`; waits until it answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NEOPOLYP_MODEL": model,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_TEMP_DIR": str(temp / "gradio"),
+        "TMPDIR": str(temp / "app"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+    }
+    (temp / "app").mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    stop = time.time() + deadline_s
+    while time.time() < stop:
+        if process.poll() is not None:
+            raise SystemExit(f"app.py exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"app.py did not answer on {url} within {deadline_s} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder (or Hub repo id) the app serves")
+    parser.add_argument("--image", default=None, help="the frame sent (default: the first shared test frame)")
+    parser.add_argument("--sequential", type=int, default=20, help="sequential requests for the latency median")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=50, help="requests in all for the throughput figure")
+    parser.add_argument("--requests", type=int, default=500, help="requests for the memory and disk figures")
+    parser.add_argument("--max-seconds", type=float, default=1500, help="stop sending after this long")
+    args = parser.parse_args()
+
+    from gradio_client import Client, handle_file
+
+    from neopolyp_hf.serving import load_segmenter
+
+    image = Path(args.image) if args.image else sorted(REAL_TEST.glob("*.jpeg"))[0]
+    started = time.time()
+    with tempfile.TemporaryDirectory() as workdir:
+        temp = Path(workdir)
+        process, url = launch(args.model, temp)
+        try:
+            client = Client(url, verbose=False)
+            payload = handle_file(str(image))
+            client.predict(payload, api_name="/predict")  # warm-up
+            client.predict(payload, api_name="/predict")
+            idle_rss = rss_mb(process.pid)
+            base_disk = folder_mb(temp)
+
+            latencies = []
+            for _ in range(args.sequential):
+                t0 = time.perf_counter()
+                client.predict(payload, api_name="/predict")
+                latencies.append(time.perf_counter() - t0)
+            api_ms = 1000 * statistics.median(latencies)
+
+            segmenter, info = load_segmenter(args.model)
+            segmenter.predict(image)
+            local = []
+            for _ in range(args.sequential):
+                t0 = time.perf_counter()
+                prediction = segmenter.predict(image)
+                prediction.overlay  # the app renders it too  # noqa: B018
+                local.append(time.perf_counter() - t0)
+            local_ms = 1000 * statistics.median(local)
+            del segmenter
+
+            clients = [Client(url, verbose=False) for _ in range(args.clients)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(
+                    pool.map(
+                        lambda i: clients[i % args.clients].predict(payload, api_name="/predict"), range(args.burst)
+                    )
+                )
+            throughput = args.burst / (time.perf_counter() - t0)
+
+            rss_by_hundred = []
+            sent = 0
+            with ThreadPoolExecutor(args.clients) as pool:
+                while sent < args.requests and time.time() - started < args.max_seconds:
+                    step = min(100, args.requests - sent)
+                    list(
+                        pool.map(lambda i: clients[i % args.clients].predict(payload, api_name="/predict"), range(step))
+                    )
+                    sent += step
+                    rss_by_hundred.append((sent, rss_mb(process.pid)))
+            disk_growth = folder_mb(temp) - base_disk
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    print(
+        f"\napp.py on 127.0.0.1, backend {info.backend} ({info.precision}), image {image.name}, {os.cpu_count()} CPUs\n"
+    )
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| /predict median latency, sequential ({args.sequential} after warm-up) | {api_ms:.0f} ms |")
+    print(f"| predict() in process, same image and backend, overlay included | {local_ms:.0f} ms |")
+    print(f"| /predict ÷ predict() | {api_ms / local_ms:.2f}x |")
+    print(f"| throughput, {args.clients} clients x {args.burst} requests | {throughput:.2f} req/s |")
+    print(f"| server RSS at idle (after warm-up) | {idle_rss:.0f} MB |")
+    for count, rss in rss_by_hundred:
+        print(f"| server RSS after {count} more requests | {rss:.0f} MB |")
+    print(f"| temp + cache growth after {sent} requests | {disk_growth:.1f} MB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Connected polyp regions: class consistency and the lesion table."""
+
+import numpy as np
+
+from neopolyp_hf import harmonize_lesions
+from neopolyp_hf.lesions import find_lesions
+
+
+def test_harmonize_gives_each_region_one_class():
+    mask = np.zeros((6, 10), np.uint8)
+    mask[1:5, 1:5] = 1
+    mask[1:3, 1:3] = 2  # a minority of region one says non-neoplastic
+    mask[1:5, 7:9] = 2  # a separate, all non-neoplastic region
+    out = harmonize_lesions(mask)
+    assert (out[1:5, 1:5] == 1).all() and (out[1:5, 7:9] == 2).all() and (out[mask == 0] == 0).all()
+
+
+def test_lesion_table_is_largest_first_with_majority_class():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[0:4, 0:4] = 2  # 16 px, non-neoplastic
+    mask[10:18, 10:18] = 1  # 64 px, neoplastic, with a non-neoplastic corner
+    mask[10:12, 10:12] = 2
+    confidence = np.full(mask.shape, 0.5, np.float32)
+    confidence[10:18, 10:18] = 0.9
+    lesions = find_lesions(mask, confidence, ["background", "neoplastic", "non_neoplastic"])
+    assert [(lesion.area_px, lesion.class_name) for lesion in lesions] == [(64, "neoplastic"), (16, "non_neoplastic")]
+    assert lesions[0].bbox == (10, 10, 8, 8) and abs(lesions[0].confidence - 0.9) < 1e-6
+    assert abs(lesions[1].area_percent - 100 * 16 / 400) < 1e-9
