@@ -30,9 +30,11 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     class_colors: list[list[int]] = field(default_factory=lambda: [list(c) for c in CLASS_COLORS])
     head: str = "classes"
+    # A lesion whose mean P(neoplastic) / P(polyp) falls in [low, high] is flagged "uncertain".
+    uncertain_range: list[float] = field(default_factory=lambda: [0.35, 0.65])
 
     # Fields added after the first release: a config.json saved before them may omit them.
-    ADDED_FIELDS = ("head",)
+    ADDED_FIELDS = ("head", "uncertain_range")
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder_name, str) or not self.encoder_name:
@@ -60,6 +62,17 @@ class ModelConfig:
         object.__setattr__(self, "class_colors", colors)
         if self.head not in HEADS:
             raise ConfigError(f"config field 'head' must be one of {list(HEADS)}, got {self.head!r}")
+        bounds = self.uncertain_range
+        if (
+            not isinstance(bounds, (list, tuple))
+            or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not 0.0 <= bounds[0] <= bounds[1] <= 1.0
+        ):
+            raise ConfigError(
+                f"config field 'uncertain_range' must be [low, high] with 0 <= low <= high <= 1, got {bounds!r}"
+            )
+        object.__setattr__(self, "uncertain_range", [float(b) for b in bounds])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], saved: bool = False) -> ModelConfig:

@@ -28,15 +28,32 @@ class Prediction:
     scores: np.ndarray = field(repr=False)  # C x S x S class scores at model resolution (logits or log-probs)
     class_names: list[str]
     class_colors: list[list[int]]
+    uncertain_range: tuple[float, float] = (0.35, 0.65)  # a lesion's P(neoplastic) in here is "uncertain"
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """C x H x W float32 class probabilities at the original size (bilinearly upsampled softmax;
+        with TTA, the mean over the flips)."""
+        height, width = self.mask.shape
+        return _upsample(softmax(self.scores, axis=0), height, width)
 
     @cached_property
     def confidence(self) -> np.ndarray:
-        """HxW probability of each pixel's class (bilinearly upsampled softmax)."""
-        probabilities = softmax(self.scores, axis=0).transpose(1, 2, 0)
+        """HxW probability of each pixel's class."""
+        return np.take_along_axis(self.probabilities, self.mask[None].astype(np.intp), axis=0)[0]
+
+    @cached_property
+    def uncertainty(self) -> np.ndarray:
+        """HxW float32 in [0, 1]: the entropy of the class probabilities over its maximum, log C.
+
+        0 where one class is certain, 1 at an even split. With TTA the probabilities are the mean
+        over the flips, so flips that disagree raise it too (the entropy of a mean is at least
+        the mean of the entropies). Computed at the model's resolution, then upsampled.
+        """
+        probabilities = np.clip(softmax(self.scores, axis=0), 1e-12, 1.0)
+        entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
         height, width = self.mask.shape
-        full = cv2.resize(np.ascontiguousarray(probabilities), (width, height), interpolation=cv2.INTER_LINEAR)
-        full = full.reshape(height, width, -1)
-        return np.take_along_axis(full, self.mask[..., None].astype(np.intp), axis=2)[..., 0]
+        return np.clip(_upsample(entropy[None].astype(np.float32), height, width)[0], 0.0, 1.0)
 
     @cached_property
     def percentages(self) -> dict[str, float]:
@@ -56,8 +73,8 @@ class Prediction:
 
     @cached_property
     def lesions(self) -> list[Lesion]:
-        """Connected polyp regions with area, majority class and mean confidence."""
-        return find_lesions(self.mask, self.confidence, self.class_names)
+        """Connected polyp regions: area, majority class, mean confidence, P(neoplastic) and the flag."""
+        return find_lesions(self.mask, self.probabilities, self.class_names, self.uncertain_range)
 
     @cached_property
     def overlay(self) -> Image.Image:
@@ -67,6 +84,19 @@ class Prediction:
     def render_overlay(self, alpha: float) -> Image.Image:
         """The input with the class colours blended in at opacity `alpha`."""
         return overlay_mask(self.image, self.mask, self.class_colors, alpha)
+
+    def render_uncertainty(self, alpha: float = 0.6) -> Image.Image:
+        """The uncertainty as a heat map (dark: sure, bright: unsure) blended over the input."""
+        heat = cv2.applyColorMap(np.round(self.uncertainty * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+        blended = cv2.addWeighted(self.image, 1.0 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0.0)
+        return Image.fromarray(blended)
+
+
+def _upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """C x S x S -> C x height x width, bilinear."""
+    channels_last = np.ascontiguousarray(maps.transpose(1, 2, 0), dtype=np.float32)
+    full = cv2.resize(channels_last, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    return np.ascontiguousarray(full.transpose(2, 0, 1))
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -134,6 +164,7 @@ def predict_images(
                 scores=image_scores,
                 class_names=list(config["class_names"]),
                 class_colors=[list(c) for c in config["class_colors"]],
+                uncertain_range=tuple(config["uncertain_range"]),
             )
         )
     return predictions

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .classes import NEOPLASTIC, NON_NEOPLASTIC
+
 
 @dataclass(frozen=True)
 class Lesion:
@@ -17,8 +19,10 @@ class Lesion:
     area_percent: float
     class_index: int
     class_name: str
-    confidence: float
+    confidence: float  # mean probability of its class over its pixels
     bbox: tuple[int, int, int, int]  # x, y, width, height
+    neoplastic_probability: float  # mean over its pixels of P(neoplastic) / (P(neoplastic) + P(non-neoplastic))
+    uncertain: bool  # neoplastic_probability inside the config's uncertain_range
 
 
 def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -49,16 +53,24 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     return region_class[labels]
 
 
-def find_lesions(mask: np.ndarray, confidence: np.ndarray, class_names: list[str]) -> list[Lesion]:
-    """One `Lesion` per connected polyp region, largest first."""
+def find_lesions(
+    mask: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    uncertain_range: tuple[float, float] = (0.35, 0.65),
+) -> list[Lesion]:
+    """One `Lesion` per connected polyp region of `mask`, largest first; `probabilities` is C x H x W."""
     count, labels, stats = label_polyps(mask)
     total = float(mask.size)
+    low, high = uncertain_range
     lesions = []
     for label in range(1, count):
         region = labels == label
         classes = np.bincount(mask[region], minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
+        neoplastic, non_neoplastic = probabilities[NEOPLASTIC][region], probabilities[NON_NEOPLASTIC][region]
+        share = float(np.mean(neoplastic / np.maximum(neoplastic + non_neoplastic, 1e-12)))
         x, y, w, h, area = (int(v) for v in stats[label])
         lesions.append(
             Lesion(
@@ -67,8 +79,10 @@ def find_lesions(mask: np.ndarray, confidence: np.ndarray, class_names: list[str
                 area_percent=100.0 * area / total,
                 class_index=majority,
                 class_name=class_names[majority],
-                confidence=float(confidence[region].mean()),
+                confidence=float(probabilities[majority][region].mean()),
                 bbox=(x, y, w, h),
+                neoplastic_probability=share,
+                uncertain=bool(low <= share <= high),
             )
         )
     return sorted(lesions, key=lambda lesion: -lesion.area_px)

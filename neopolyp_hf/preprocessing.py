@@ -86,7 +86,9 @@ def load_image(
     except UnidentifiedImageError as error:
         found = _sniff_format(data)
         if found is not None and found not in formats:
-            raise ImageLoadError(f"{name} is in {found} format, which is not accepted (accepted: {', '.join(formats)})") from error
+            raise ImageLoadError(
+                f"{name} is in {found} format, which is not accepted (accepted: {', '.join(formats)})"
+            ) from error
         raise ImageLoadError(f"{name} is not a readable image file (unknown or unsupported format)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{name} is corrupt or truncated: {error}") from error

@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from neopolyp_hf.inference import class_scores, predict_images, scores_to_mask, softmax
+from neopolyp_hf.config import ModelConfig
+from neopolyp_hf.inference import Prediction, class_scores, predict_images, scores_to_mask, softmax
 
 
 def _smooth_scores(classes: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -36,13 +37,7 @@ def test_flip_tta_undoes_each_flip():
 def test_batched_prediction_equals_one_by_one():
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 255, (40 + 7 * i, 50, 3)).astype(np.uint8) for i in range(3)]
-    config = {
-        "input_size": 32,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "class_names": ["bg", "a", "b"],
-        "class_colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-    }
+    config = ModelConfig(input_size=32, mean=[0.5] * 3, std=[0.25] * 3).to_dict()
     weights = rng.standard_normal((3, 3)).astype(np.float32)
 
     def forward(x):
@@ -53,3 +48,44 @@ def test_batched_prediction_equals_one_by_one():
         alone = predict_images(forward, config, [image])[0]
         assert np.array_equal(prediction.mask, alone.mask) and prediction.mask.shape == image.shape[:2]
         assert prediction.confidence.min() >= 0 and prediction.confidence.max() <= 1
+
+
+def _prediction(scores: np.ndarray, **kwargs) -> Prediction:
+    height, width = scores.shape[1:]
+    return Prediction(
+        image=np.zeros((height, width, 3), np.uint8),
+        mask=scores.argmax(0).astype(np.uint8),
+        scores=scores,
+        class_names=["background", "neoplastic", "non_neoplastic"],
+        class_colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        **kwargs,
+    )
+
+
+def test_uncertainty_is_zero_when_sure_and_highest_at_an_even_split():
+    scores = np.zeros((3, 4, 6), np.float32)
+    scores[0, :, :2] = 60.0  # background certain
+    scores[1, :, 2:4] = 60.0  # neoplastic certain
+    scores[1, :, 4] = scores[2, :, 4] = 30.0  # a two-way tie between the polyp classes; column 5: three-way tie
+    prediction = _prediction(scores)
+    uncertainty = prediction.uncertainty
+    assert uncertainty.shape == (4, 6) and uncertainty.dtype == np.float32
+    assert np.allclose(uncertainty[:, :4], 0.0, atol=1e-6)
+    assert np.allclose(uncertainty[:, 5], 1.0, atol=1e-6) and uncertainty.max() <= 1.0
+    assert 0.55 < uncertainty[0, 4] < 0.7  # two of three classes: log 2 / log 3 = 0.63
+    probabilities = prediction.probabilities
+    assert probabilities.shape == (3, 4, 6) and np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_tta_disagreement_raises_the_uncertainty():
+    def flip_sensitive(batch):  # sure of neoplastic on the identity, of non-neoplastic when flipped
+        n = batch.shape[0] // 3
+        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        out[:n, 1] = 40.0
+        out[n:, 2] = 40.0
+        return out
+
+    batch = np.zeros((1, 3, 8, 8), np.float32)
+    plain = _prediction(flip_sensitive(np.concatenate([batch] * 3))[0])
+    tta = _prediction(class_scores(flip_sensitive, batch, tta=True)[0])
+    assert plain.uncertainty.max() < 1e-6 and tta.uncertainty.min() > 0.5

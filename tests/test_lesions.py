@@ -15,14 +15,19 @@ def test_harmonize_gives_each_region_one_class():
     assert (out[1:5, 1:5] == 1).all() and (out[1:5, 7:9] == 2).all() and (out[mask == 0] == 0).all()
 
 
-def test_lesion_table_is_largest_first_with_majority_class():
+def test_lesion_table_is_largest_first_with_majority_class_and_neoplastic_probability():
     mask = np.zeros((20, 20), np.uint8)
     mask[0:4, 0:4] = 2  # 16 px, non-neoplastic
     mask[10:18, 10:18] = 1  # 64 px, neoplastic, with a non-neoplastic corner
     mask[10:12, 10:12] = 2
-    confidence = np.full(mask.shape, 0.5, np.float32)
-    confidence[10:18, 10:18] = 0.9
-    lesions = find_lesions(mask, confidence, ["background", "neoplastic", "non_neoplastic"])
+    probabilities = np.zeros((3, 20, 20), np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 10:18, 10:18] = np.array([0.1, 0.81, 0.09])[:, None, None]  # P(neo | polyp) = 0.9
+    probabilities[:, 0:4, 0:4] = np.array([0.2, 0.4, 0.4])[:, None, None]  # an even split: uncertain
+    lesions = find_lesions(mask, probabilities, ["background", "neoplastic", "non_neoplastic"], (0.35, 0.65))
     assert [(lesion.area_px, lesion.class_name) for lesion in lesions] == [(64, "neoplastic"), (16, "non_neoplastic")]
-    assert lesions[0].bbox == (10, 10, 8, 8) and abs(lesions[0].confidence - 0.9) < 1e-6
-    assert abs(lesions[1].area_percent - 100 * 16 / 400) < 1e-9
+    big, small = lesions
+    assert big.bbox == (10, 10, 8, 8) and abs(big.confidence - (60 * 0.81 + 4 * 0.09) / 64) < 1e-6
+    assert abs(big.neoplastic_probability - 0.9) < 1e-6 and not big.uncertain
+    assert abs(small.neoplastic_probability - 0.5) < 1e-6 and small.uncertain
+    assert abs(small.area_percent - 100 * 16 / 400) < 1e-9

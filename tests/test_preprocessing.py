@@ -6,6 +6,7 @@ from helpers import png_header_only
 from PIL import Image
 
 from neopolyp_hf import ImageLoadError, load_image
+from neopolyp_hf.config import ModelConfig
 from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs
 from neopolyp_hf.inference import predict_images
 
@@ -75,13 +76,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
 
 def test_training_eval_transform_equals_predict_preprocessing(synthetic_data):
     """The tensor the model sees in validation is bit-identical to the one `predict` feeds it."""
-    config = {
-        "input_size": 96,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "class_names": ["background", "neoplastic", "non_neoplastic"],
-        "class_colors": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-    }
+    config = ModelConfig(input_size=96).to_dict()
     samples = find_pairs(synthetic_data)[:3]
     dataset = SegmentationDataset(build_cache(samples, 96), config["mean"], config["std"])
     for index, sample in enumerate(samples):
