@@ -19,7 +19,7 @@ class Lesion:
     area_percent: float
     class_index: int
     class_name: str
-    confidence: float  # mean probability of its class over its pixels
+    confidence: float  # mean over its pixels of the probability of each pixel's class
     bbox: tuple[int, int, int, int]  # x, y, width, height
     neoplastic_probability: float  # mean over its pixels of P(neoplastic) / (P(neoplastic) + P(non-neoplastic))
     uncertain: bool  # neoplastic_probability inside the config's uncertain_range
@@ -69,7 +69,9 @@ def find_lesions(
         classes = np.bincount(mask[region], minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
-        neoplastic, non_neoplastic = probabilities[NEOPLASTIC][region], probabilities[NON_NEOPLASTIC][region]
+        pixels = probabilities[:, region]  # C x n
+        own_class = np.take_along_axis(pixels, mask[region][None].astype(np.intp), axis=0)[0]
+        neoplastic, non_neoplastic = pixels[NEOPLASTIC], pixels[NON_NEOPLASTIC]
         share = float(np.mean(neoplastic / np.maximum(neoplastic + non_neoplastic, 1e-12)))
         x, y, w, h, area = (int(v) for v in stats[label])
         lesions.append(
@@ -79,7 +81,7 @@ def find_lesions(
                 area_percent=100.0 * area / total,
                 class_index=majority,
                 class_name=class_names[majority],
-                confidence=float(probabilities[majority][region].mean()),
+                confidence=float(own_class.mean()),
                 bbox=(x, y, w, h),
                 neoplastic_probability=share,
                 uncertain=bool(low <= share <= high),
