@@ -80,7 +80,7 @@ def make_examples(count: int = 3) -> list[str]:
 
 @gpu
 def predict(upload: dict | None, tta: bool, opacity: float):
-    """Segment one upload: overlay, percentages and the lesion table (the /predict API).
+    """Segment one upload: overlay, percentages, lesion table and uncertainty view (the /predict API).
 
     The event runs with preprocess=False, so `upload` is Gradio's file payload and the file is
     handed over untouched: the package's loader checks it (format, corruption, size, EXIF,
@@ -95,8 +95,14 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         # Name the upload by its file name, not the server's temporary path.
         message = str(error).replace(image_path, Path(image_path).name)
         raise gr.Error(f"Cannot segment this upload: {message}") from error
-    # The overlay goes out as JPEG (the component's format): a few ms, where PNG took ~350 ms.
-    return prediction.render_overlay(opacity), percentages_summary(prediction), lesion_rows(prediction), prediction
+    # Both images go out as JPEG (the components' format): a few ms each, where PNG took ~350 ms.
+    return (
+        prediction.render_overlay(opacity),
+        percentages_summary(prediction),
+        lesion_rows(prediction),
+        prediction.render_uncertainty(),
+        prediction,
+    )
 
 
 def summary(prediction: Prediction | None) -> str:
@@ -141,6 +147,13 @@ SYNTHETIC_NOTICE = (
     "output on one means nothing. Set `NEOPOLYP_MODEL` to a trained model to serve that instead."
 )
 
+UNCERTAINTY_HELP = (
+    "Brightness is the normalised entropy of the class probabilities: dark where one class is near "
+    "certain, bright where classes are close (with flip TTA, also where the flips disagree). A lesion is "
+    "flagged *uncertain* when its mean P(neoplastic | polyp) lies in the model's `uncertain_range` "
+    f"{MODEL.config['uncertain_range']}."
+)
+
 with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_SECONDS // 2), CACHE_SECONDS)) as demo:
     gr.Markdown("# NeoPolyp\nSegments colonoscopy frames into neoplastic and non-neoplastic polyp pixels.")
     gr.Markdown(NOTICE, elem_id="notice")
@@ -154,7 +167,19 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
             opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
             run_button = gr.Button("Segment", variant="primary", elem_id="run")
         with gr.Column():
-            overlay_output = gr.Image(label="Segmentation overlay", type="pil", format="jpeg", elem_id="overlay")
+            with gr.Tabs():
+                with gr.Tab("Segmentation"):
+                    overlay_output = gr.Image(
+                        label="Segmentation overlay", type="pil", format="jpeg", elem_id="overlay"
+                    )
+                with gr.Tab("Uncertainty"):
+                    uncertainty_output = gr.Image(
+                        label="Uncertainty (bright: the model is unsure)",
+                        type="pil",
+                        format="jpeg",
+                        elem_id="uncertainty",
+                    )
+                    gr.Markdown(UNCERTAINTY_HELP)
             gr.HTML(legend_html())
             summary_output = gr.Markdown(elem_id="summary")
             # The API's JSON of the same numbers; people read the sentences above.
@@ -175,7 +200,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     run_button.click(
         predict,
         inputs=[image_input, tta_input, opacity_input],
-        outputs=[overlay_output, percentages_output, lesions_output, last_prediction],
+        outputs=[overlay_output, percentages_output, lesions_output, uncertainty_output, last_prediction],
         api_name="predict",
         preprocess=False,
     ).then(summary, inputs=last_prediction, outputs=summary_output, api_visibility="private")

@@ -11,7 +11,7 @@ from .classes import CLASS_NAMES
 from .data import Sample, find_pairs, load_pair
 from .errors import DataError
 from .inference import Segmenter
-from .metrics import DiceAccumulator, LesionAccumulator
+from .metrics import CalibrationAccumulator, DiceAccumulator, LesionAccumulator, LesionCallAccumulator
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -35,15 +35,27 @@ def select_samples(data_dir: str | Path, ids: list[str] | None) -> list[Sample]:
 
 
 def evaluate_model(
-    model: Segmenter, samples: list[Sample], tta: bool = False, lesion_consistency: bool = True
+    model: Segmenter,
+    samples: list[Sample],
+    tta: bool = False,
+    lesion_consistency: bool = True,
+    reliability: dict | None = None,
 ) -> dict[str, float]:
     """Pooled per-class and mean Dice, per-image mean Dice and the lesion-level metrics
-    (`LesionAccumulator`), at each image's original size."""
+    (`LesionAccumulator`), the calibration errors and the accuracy of confident lesion calls, at each
+    image's original size. A `reliability` dict is filled with the reliability curves."""
     dice = DiceAccumulator(list(CLASS_NAMES))
     lesions = LesionAccumulator(list(CLASS_NAMES))
+    calibration = CalibrationAccumulator(list(CLASS_NAMES))
+    calls = LesionCallAccumulator()
     for sample in tqdm(samples, desc="evaluate", leave=False):
         image, truth = load_pair(sample)
-        mask = model.predict(image, tta=tta, lesion_consistency=lesion_consistency).mask
-        dice.update(mask, truth)
-        lesions.update(mask, truth)
-    return {**dice.compute(), **lesions.compute()}
+        prediction = model.predict(image, tta=tta, lesion_consistency=lesion_consistency)
+        dice.update(prediction.mask, truth)
+        lesions.update(prediction.mask, truth)
+        calibration.update(prediction.probabilities, truth)
+        calls.update(prediction.lesions, prediction.mask, truth)
+    scores = {**dice.compute(), **lesions.compute(), **calibration.compute(), **calls.compute()}
+    if reliability is not None:
+        reliability.update(calibration.reliability())
+    return scores

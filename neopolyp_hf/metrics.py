@@ -116,3 +116,90 @@ def _relabel_with_truth(prediction: np.ndarray, truth: np.ndarray, classes: int)
     region_class = np.where(has_truth, true_votes.argmax(axis=1), pred_votes.argmax(axis=1)) + 1
     region_class[0] = 0
     return region_class.astype(prediction.dtype)[labels]
+
+
+class CalibrationAccumulator:
+    """Reliability of pixel probabilities over a set of images, in equal-width probability bins.
+
+    Curves: "top_class" (the probability of the most likely class against whether it is right),
+    and one per polyp class (P(class) against whether the pixel is of that class). The expected
+    calibration error (ECE) of a curve is the pixel-weighted mean |mean probability - frequency|.
+    """
+
+    def __init__(self, class_names: list[str], bins: int = 15) -> None:
+        self.bins = bins
+        self.curves = {name: np.zeros((3, bins)) for name in ["top_class", *class_names[1:]]}
+        self.class_names = list(class_names)
+
+    def update(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
+        """Add one image: C x H x W probabilities and its H x W true class mask."""
+        if probabilities.shape[1:] != truth.shape:
+            raise ValueError(f"probabilities {probabilities.shape} and truth {truth.shape} differ in size")
+        self._add("top_class", probabilities.max(axis=0), probabilities.argmax(axis=0) == truth)
+        for index, name in enumerate(self.class_names[1:], start=1):
+            self._add(name, probabilities[index], truth == index)
+
+    def _add(self, curve: str, probability: np.ndarray, outcome: np.ndarray) -> None:
+        flat = probability.ravel().astype(np.float64)
+        index = np.minimum((flat * self.bins).astype(np.intp), self.bins - 1)
+        table = self.curves[curve]
+        table[0] += np.bincount(index, minlength=self.bins)
+        table[1] += np.bincount(index, weights=flat, minlength=self.bins)
+        table[2] += np.bincount(index, weights=outcome.ravel().astype(np.float64), minlength=self.bins)
+
+    def reliability(self) -> dict[str, dict[str, list[float]]]:
+        """Per curve and bin: pixel count, mean predicted probability, observed frequency (NaN if empty)."""
+        result = {}
+        for curve, (count, total_p, total_hits) in self.curves.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                result[curve] = {
+                    "count": count.tolist(),
+                    "mean_probability": (total_p / count).tolist(),
+                    "frequency": (total_hits / count).tolist(),
+                }
+        return result
+
+    def compute(self) -> dict[str, float]:
+        """`ece_top_class` and `ece_<polyp class>`."""
+        result = {}
+        for curve, (count, total_p, total_hits) in self.curves.items():
+            result[f"ece_{curve}"] = float(np.abs(total_p - total_hits).sum() / max(count.sum(), 1))
+        return result
+
+
+class LesionCallAccumulator:
+    """How often a predicted lesion's class is right: all calls against those not flagged uncertain.
+
+    A call is a predicted lesion that overlaps a true polyp; its true class is the majority true
+    polyp class under it. Predicted lesions over background only are not calls (no class to check).
+    """
+
+    def __init__(self) -> None:
+        self.calls = self.right = self.confident_calls = self.confident_right = 0
+
+    def update(self, lesions: list, mask: np.ndarray, truth: np.ndarray) -> None:
+        """Add one image: its `Prediction.lesions`, the predicted mask they came from, and the truth."""
+        count, labels, _ = label_polyps(mask)
+        votes = region_votes(labels, truth, count, int(max(mask.max(), truth.max())) + 1)[:, 1:]
+        for lesion in lesions:
+            if votes[lesion.label].sum() == 0:
+                continue
+            right = lesion.class_index == int(votes[lesion.label].argmax()) + 1
+            self.calls += 1
+            self.right += right
+            if not lesion.uncertain:
+                self.confident_calls += 1
+                self.confident_right += right
+
+    def compute(self) -> dict[str, float]:
+        """Call counts and accuracies, and the share of calls flagged uncertain."""
+        nan = float("nan")
+        return {
+            "lesion_calls": self.calls,
+            "lesion_call_accuracy": self.right / self.calls if self.calls else nan,
+            "confident_lesion_calls": self.confident_calls,
+            "confident_lesion_call_accuracy": self.confident_right / self.confident_calls
+            if self.confident_calls
+            else nan,
+            "uncertain_call_share": 1 - self.confident_calls / self.calls if self.calls else nan,
+        }

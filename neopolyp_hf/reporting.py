@@ -52,3 +52,23 @@ def save_validation_overlays(model: NeoPolypUNet, samples: list[Sample], folder:
         picture = Image.fromarray(side_by_side)
         picture = picture.resize((picture.width // 2, picture.height // 2))
         write_atomic(folder / f"{sample.id}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+
+
+def save_reliability_plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Reliability diagram of the polyp classes' pixel probabilities: observed frequency against the
+    mean predicted probability per bin (the diagonal is perfect calibration), with the pixel counts."""
+    figure, (curve_axis, count_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    curve_axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for name, curve in curves.items():
+        if name == "top_class":
+            continue
+        predicted, observed = np.array(curve["mean_probability"]), np.array(curve["frequency"])
+        keep = np.isfinite(predicted)
+        curve_axis.plot(predicted[keep], observed[keep], marker="o", label=name.replace("_", "-"))
+        count_axis.semilogy(predicted[keep], np.array(curve["count"])[keep], marker=".", label=name.replace("_", "-"))
+    curve_axis.set(xlabel="predicted probability", ylabel="observed frequency", title="Reliability", xlim=(0, 1))
+    curve_axis.legend()
+    count_axis.set(xlabel="predicted probability", ylabel="pixels per bin", title="Pixels per bin")
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)

@@ -133,12 +133,20 @@ def percentages_sentences(prediction: Prediction) -> str:
     return "\n".join(lines)
 
 
-LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence"]
+LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence", "P(neoplastic)", "uncertain"]
 
 
 def lesion_rows(prediction: Prediction) -> list[list]:
     """One display row per connected polyp region, largest first."""
     return [
-        [i + 1, lesion.class_name, lesion.area_px, round(lesion.area_percent, 3), round(lesion.confidence, 3)]
+        [
+            i + 1,
+            lesion.class_name,
+            lesion.area_px,
+            round(lesion.area_percent, 3),
+            round(lesion.confidence, 3),
+            round(lesion.neoplastic_probability, 3),
+            "yes" if lesion.uncertain else "no",
+        ]
         for i, lesion in enumerate(prediction.lesions)
     ]

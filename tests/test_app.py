@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT, png_header_only, start_app, stop_app
 from PIL import Image
 
-from neopolyp_hf.serving import load_segmenter, percentages_summary
+from neopolyp_hf.serving import LESION_HEADERS, load_segmenter, percentages_summary
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -66,7 +66,7 @@ def _call(client, path):
 
 @pytest.mark.slow
 def test_api_matches_the_package(client, served, example_image):
-    overlay_path, percentages, lesions = _call(client, example_image)
+    overlay_path, percentages, lesions, uncertainty_path = _call(client, example_image)
     # On a CPU the app serves the ONNX Runtime backend (auto): compare like with like.
     segmenter, info = load_segmenter(str(served[1]))
     assert info.backend == "onnx"
@@ -77,7 +77,13 @@ def test_api_matches_the_package(client, served, example_image):
     assert difference.mean() < 3  # JPEG noise only
     assert percentages == percentages_summary(expected)
     assert len(lesions["data"]) == len(expected.lesions)
-    assert lesions["headers"][:3] == ["lesion", "class", "area (px)"]
+    assert lesions["headers"] == LESION_HEADERS
+    for row, lesion in zip(lesions["data"], expected.lesions, strict=True):
+        assert row[5] == round(lesion.neoplastic_probability, 3) and row[6] == ("yes" if lesion.uncertain else "no")
+    uncertainty = Image.open(uncertainty_path)
+    assert uncertainty.format == "JPEG" and uncertainty.size == expected.overlay.size
+    heat = np.asarray(uncertainty.convert("RGB"), np.int16)
+    assert np.abs(heat - np.asarray(expected.render_uncertainty(), np.int16)).mean() < 3
 
 
 def _bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -87,7 +93,7 @@ def _bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
 
 
 @pytest.mark.slow
-def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, example_image, tmp_path):
+def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, served, example_image, tmp_path):
     from gradio_client.exceptions import AppError
 
     cases = {
@@ -107,8 +113,12 @@ def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, examp
     big = tmp_path / "big.png"
     big.write_bytes(_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), np.uint8))))
     assert big.stat().st_size > 2_000_000
-    with pytest.raises(Exception, match="exceeded maximum allowed size of 2000000 bytes"):
-        _call(client, big)
+    with pytest.raises(Exception, match="exceed.* maximum .*2000000 bytes"):
+        _call(client, big)  # gradio_client checks the limit before sending
+    import httpx
+
+    answer = httpx.post(served[0] + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
+    assert answer.status_code == 413 and "maximum allowed size of 2000000 bytes" in answer.text  # the server too
     assert _call(client, example_image)[1]
 
 
@@ -127,7 +137,7 @@ def test_odd_but_valid_images_are_segmented(client, tmp_path):
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        overlay_path, percentages, _ = _call(client, tmp_path / name)
+        overlay_path, percentages, *_ = _call(client, tmp_path / name)
         size = Image.open(overlay_path).size
         expected = {"one_pixel.png": (1, 1), "rotated.jpeg": (40, 60)}.get(name, (50, 40))
         assert size == expected, name  # the EXIF-rotated photo comes back upright
@@ -226,6 +236,8 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             assert "Neoplastic" in text and "Non-neoplastic" in text and "% of the image" in text
             assert "percent_of_image" not in page.inner_text("body")  # no raw JSON for people
             assert "backend: onnx" in page.inner_text("#model-info")
+            page.get_by_role("tab", name="Uncertainty").click()
+            page.locator("#uncertainty img").wait_for(state="visible", timeout=30_000)
             page.click("#make-mask")
             page.locator("#mask-file a").first.wait_for(timeout=30_000)
             source = page.locator("#overlay img").get_attribute("src")

@@ -154,10 +154,12 @@ def test_space_pulls_by_repo_id_and_pins_revisions(pushed, hub, hub_env, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    process, url = start_app({**hub_env, "NEOPOLYP_MODEL": REPO, "NEOPOLYP_REVISION": first})
+    process, url = start_app(
+        {**hub_env, "NEOPOLYP_MODEL": REPO, "NEOPOLYP_REVISION": first, "NEOPOLYP_BACKEND": "torch"}
+    )
     try:
         client = Client(url, verbose=False)
-        _, percentages, _ = client.predict(handle_file(str(image)), api_name="/predict")
+        _, percentages, *_ = client.predict(handle_file(str(image)), api_name="/predict")
         assert percentages["neoplastic"]["percent_of_image"] == round(expected.percentages["neoplastic"], 3)
     finally:
         stop_app(process)
@@ -235,7 +237,7 @@ def test_space_restarts_offline_from_the_cache(pushed, hub, hub_env, tmp_path):
         from PIL import Image
 
         Image.new("RGB", (64, 48), (200, 120, 110)).save(image)
-        _, percentages, _ = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")
+        _, percentages, *_ = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")
         assert set(percentages) == {"neoplastic", "non_neoplastic"}
     finally:
         stop_app(process)

@@ -93,3 +93,50 @@ def test_lesion_metrics_without_lesions_are_nan_not_errors():
     assert result["lesions_neoplastic"] == 0 and np.isnan(result["lesion_recall_neoplastic"])
     with pytest.raises(ValueError, match="differ in shape"):
         lesions.update(empty, np.zeros((4, 4), np.uint8))
+
+
+def test_calibration_error_on_known_probabilities():
+    from neopolyp_hf.metrics import CalibrationAccumulator
+
+    truth = np.zeros((1, 10), np.uint8)
+    truth[0, :8] = 1  # 8 of 10 pixels neoplastic
+    probabilities = np.zeros((3, 1, 10), np.float32)
+    probabilities[1] = 0.8  # says 0.8 everywhere: calibrated for the neoplastic class
+    probabilities[0] = 0.2
+    calibration = CalibrationAccumulator(CLASSES, bins=10)
+    calibration.update(probabilities, truth)
+    result = calibration.compute()
+    assert result["ece_neoplastic"] == pytest.approx(0.0, abs=1e-6)
+    assert result["ece_top_class"] == pytest.approx(0.0, abs=1e-6)  # top class right 80% at 0.8
+    assert result["ece_non_neoplastic"] == pytest.approx(0.0, abs=1e-6)  # says 0, never is
+    probabilities[1], probabilities[0] = 1.0, 0.0  # overconfident: says 1.0, right 80%
+    overconfident = CalibrationAccumulator(CLASSES, bins=10)
+    overconfident.update(probabilities, truth)
+    assert overconfident.compute()["ece_neoplastic"] == pytest.approx(0.2)
+    curve = overconfident.reliability()["neoplastic"]
+    assert curve["count"][9] == 10 and curve["frequency"][9] == pytest.approx(0.8)
+
+
+def test_confident_lesion_calls_against_all_calls():
+    from neopolyp_hf.lesions import find_lesions
+    from neopolyp_hf.metrics import LesionCallAccumulator
+
+    truth = np.zeros((20, 30), np.uint8)
+    truth[2:8, 2:8] = 1
+    truth[2:8, 12:18] = 2
+    truth[12:18, 2:8] = 2
+    mask = truth.copy()
+    mask[12:18, 2:8] = 1  # called neoplastic, wrongly ...
+    mask[14:16, 22:26] = 1  # ... and a false positive, which is no call
+    probabilities = np.zeros((3, 20, 30), np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 2:8, 2:8] = np.array([0, 0.9, 0.1])[:, None, None]
+    probabilities[:, 2:8, 12:18] = np.array([0, 0.1, 0.9])[:, None, None]
+    probabilities[:, 12:18, 2:8] = np.array([0, 0.55, 0.45])[:, None, None]  # the wrong call is uncertain
+    probabilities[:, 14:16, 22:26] = np.array([0, 0.9, 0.1])[:, None, None]
+    calls = LesionCallAccumulator()
+    calls.update(find_lesions(mask, probabilities, CLASSES), mask, truth)
+    result = calls.compute()
+    assert result["lesion_calls"] == 3 and result["lesion_call_accuracy"] == pytest.approx(2 / 3)
+    assert result["confident_lesion_calls"] == 2 and result["confident_lesion_call_accuracy"] == 1.0
+    assert result["uncertain_call_share"] == pytest.approx(1 / 3)

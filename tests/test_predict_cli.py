@@ -142,3 +142,34 @@ def test_onnx_backend_in_the_cli(trained_model_dir, images_dir, tmp_path):
         for a, b in zip(torch_rows[1:], onnx_rows[1:], strict=True)
     ]
     assert min(agree) >= 0.999
+
+
+def test_saved_probabilities_round_trip_and_backends_agree(trained_model_dir, images_dir, tmp_path):
+    from neopolyp_hf.serving import load_segmenter
+
+    for backend in ("torch", "onnx"):
+        run_predict(
+            "--model",
+            str(trained_model_dir / "best"),
+            "--images",
+            str(images_dir),
+            "--output",
+            str(tmp_path / f"{backend}.csv"),
+            "--backend",
+            backend,
+            "--save-probabilities",
+            str(tmp_path / backend),
+        )
+    model, _ = load_segmenter(str(trained_model_dir / "best"), backend="torch")
+    onnx_model, _ = load_segmenter(str(trained_model_dir / "best"), backend="onnx")
+    for path in sorted(images_dir.iterdir()):
+        expected = model.predict(path)
+        with np.load(tmp_path / "torch" / f"{path.stem}.npz") as stored:
+            saved = stored["probabilities"]
+            assert list(stored["class_names"]) == expected.class_names
+        assert saved.dtype == np.float16 and saved.shape == (3, *expected.mask.shape)
+        assert np.abs(saved.astype(np.float32) - expected.probabilities).max() < 2e-3  # float16 rounding only
+        assert np.allclose(saved.astype(np.float32).sum(0), 1.0, atol=5e-3)
+        from_onnx = onnx_model.predict(path).probabilities
+        assert np.abs(from_onnx - expected.probabilities).max() < 1e-3  # the same numbers from ONNX Runtime
+    assert not [p for p in (tmp_path / "torch").iterdir() if p.suffix != ".npz"]  # no temporary files left

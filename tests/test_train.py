@@ -186,6 +186,10 @@ def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypa
     assert metrics["dice_mean"] == pytest.approx(best["val_dice_mean"])
     assert "research" in uploaded["card"].text.lower() and "clinical" in uploaded["card"].text
     assert '"batch_size": 4' in uploaded["card"].text and '"lr": 0.001' in uploaded["card"].text
+    text = uploaded["card"].text
+    for section in ("## Intended use", "## Limitations", "## How to read the uncertainty"):
+        assert section in text
+    assert "| ece_top_class |" in text and "| confident_lesion_call_accuracy |" in text
 
 
 def test_push_needs_a_repo_id(tmp_path):

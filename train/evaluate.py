@@ -1,7 +1,7 @@
 """Evaluate a model at full resolution on competition-layout data: pixel Dice and lesion-level metrics, as JSON.
 
 python train/evaluate.py --model PATH_OR_REPO_OR_ONNX --data-dir DIR [--ids FILE] [--tta] [--no-lesion-consistency]
-    [--backend torch|onnx|auto] [--precision fp32|bf16|int8]
+    [--backend torch|onnx|auto] [--precision fp32|bf16|int8] [--reliability-plot PNG]
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from neopolyp_hf import NeoPolypError
 from neopolyp_hf.evaluation import evaluate_model, read_ids, select_samples
@@ -29,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="restrict to these ids: a split.json from training (its 'val' list) or one id per line",
     )
     parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
+    parser.add_argument("--reliability-plot", default=None, metavar="PNG", help="write the reliability diagram here")
     parser.add_argument(
         "--no-lesion-consistency", action="store_true", help="skip the step that gives each connected polyp one class"
     )
@@ -43,7 +45,14 @@ def main(args: argparse.Namespace) -> dict:
     except (NeoPolypError, OSError) as error:
         raise SystemExit(f"error: {error}") from error
     started = time.perf_counter()
-    result = evaluate_model(model, samples, tta=args.tta, lesion_consistency=not args.no_lesion_consistency)
+    curves: dict = {}
+    result = evaluate_model(
+        model, samples, tta=args.tta, lesion_consistency=not args.no_lesion_consistency, reliability=curves
+    )
+    if args.reliability_plot:
+        from neopolyp_hf.reporting import save_reliability_plot  # matplotlib: a training dependency
+
+        save_reliability_plot(curves, Path(args.reliability_plot))
     result.update(
         images=len(samples),
         backend=info.backend,

@@ -1,7 +1,8 @@
 """Segment a folder of images: the competition's submission CSV, and optional lossless PNG masks.
 
 python train/predict.py --model PATH_OR_REPO --images DIR --output submission.csv
-    [--masks-dir DIR] [--tta] [--batch-size N] [--backend torch|onnx] [--sample-submission CSV] [--skip-bad]
+    [--masks-dir DIR] [--save-probabilities DIR] [--tta] [--batch-size N] [--backend auto|torch|onnx]
+    [--precision fp32|bf16|int8] [--sample-submission CSV] [--skip-bad]
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from neopolyp_hf import ImageLoadError, NeoPolypError, load_image, rle_encode
-from neopolyp_hf.atomic import write_text_atomic
+from neopolyp_hf.atomic import write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.data import IMAGE_SUFFIXES
 from neopolyp_hf.masks import save_mask_png
@@ -30,6 +32,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="folder of .jpeg/.jpg/.png images")
     parser.add_argument("--output", required=True, help="submission CSV to write (atomically)")
     parser.add_argument("--masks-dir", default=None, help="also write colour masks as lossless <id>.png")
+    parser.add_argument(
+        "--save-probabilities",
+        default=None,
+        metavar="DIR",
+        help="also write <id>.npz: 'probabilities', C x H x W float16 at the original size",
+    )
     parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
@@ -76,6 +84,17 @@ def sample_ids(path: Path) -> list[str]:
     return ids
 
 
+def save_probabilities(prediction, path: Path) -> Path:
+    """The class probabilities (C x H x W, float16, the original size) as a compressed .npz, atomically."""
+    probabilities = prediction.probabilities.astype(np.float16)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, probabilities=probabilities, class_names=np.array(prediction.class_names))
+
+    return write_atomic(path, write)
+
+
 def main(args: argparse.Namespace) -> Path:
     """Predict every image and write the CSV (and masks); returns the CSV's path."""
     if args.batch_size < 1:
@@ -105,8 +124,10 @@ def main(args: argparse.Namespace) -> Path:
         print(f"skipped {image_id}: {reason} (empty masks written)", file=sys.stderr)
 
     masks_dir = Path(args.masks_dir) if args.masks_dir else None
-    if masks_dir:
-        masks_dir.mkdir(parents=True, exist_ok=True)
+    probabilities_dir = Path(args.save_probabilities) if args.save_probabilities else None
+    for folder in (masks_dir, probabilities_dir):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
     # One row per polyp class, `<id>_0`, `<id>_1`, ... in class order, as the competition numbers them.
     rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
     good = [i for i in ids if i not in bad]
@@ -124,6 +145,8 @@ def main(args: argparse.Namespace) -> Path:
                 rows[image_id] = [rle_encode(prediction.mask == c) for c in POLYP_CLASSES]
                 if masks_dir:
                     save_mask_png(prediction.mask, masks_dir / f"{image_id}.png")
+                if probabilities_dir:
+                    save_probabilities(prediction, probabilities_dir / f"{image_id}.npz")
             bar.update(len(chunk))
 
     buffer = io.StringIO()

@@ -35,6 +35,7 @@ from neopolyp_hf.data import (
     holds_minority_class,
     stratified_split,
 )
+from neopolyp_hf.evaluation import evaluate_model
 from neopolyp_hf.metrics import DiceAccumulator
 from neopolyp_hf.model import head_scores
 from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
@@ -186,6 +187,14 @@ def evaluate(model, loss_fn, loader, accelerator, config, epoch, channels_last) 
         dice.update(predictions.cpu().numpy().astype(np.uint8), masks.cpu().numpy().astype(np.uint8))
     stats = accelerator.reduce(torch.tensor([total, count], device=accelerator.device), reduction="sum")
     return {"val_loss": float(stats[0] / stats[1]), **{f"val_{k}": v for k, v in dice.compute().items()}}
+
+
+def calibration_figures(model: NeoPolypUNet, samples: list) -> dict[str, float]:
+    """What the card's uncertainty section reports, measured on the held-out split at full resolution."""
+    scores = evaluate_model(model, samples)
+    keys = ("ece_top_class", "ece_neoplastic", "ece_non_neoplastic", "lesion_calls", "lesion_call_accuracy")
+    keys += ("confident_lesion_calls", "confident_lesion_call_accuracy", "uncertain_call_share")
+    return {key: scores[key] for key in keys}
 
 
 def card_kwargs(args: argparse.Namespace, metrics: dict[str, float], resolved: dict) -> dict:
@@ -388,6 +397,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         if args.push:
             kwargs = json.loads((best_dir / "card_kwargs.json").read_text())
+            kwargs["calibration"] = calibration_figures(best, [s for s in samples if s.id in val_ids])
             url = best.push_to_hub(
                 args.repo_id,
                 private=args.private or None,
