@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from neopolyp_hf import NeoPolypUNet, rle_decode, rle_encode
-from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx
+from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
 from neopolyp_hf.preprocessing import preprocess
 from neopolyp_hf.synthetic import synthetic_pair
 
@@ -132,11 +132,26 @@ def folder_images(workdir: Path, count: int) -> list[Path]:
     return sorted(folder.iterdir())
 
 
+def calibration_images(args: argparse.Namespace, workdir: Path) -> list[Path]:
+    """INT8 calibration frames: --calibration-dir, else the shared train images, else synthetic ones."""
+    folder = Path(args.calibration_dir) if args.calibration_dir else REAL_TEST.parents[1] / "train" / "train"
+    images = sorted(folder.glob("*.jpeg"))
+    if not images:
+        return folder_images(workdir, args.calibration_count)
+    step = max(1, len(images) // args.calibration_count)
+    return images[::step][: args.calibration_count]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or repo (default: seeded random init, 256 px)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--folder-images", type=int, default=16)
+    parser.add_argument(
+        "--calibration-dir", default=None, help="INT8 calibration frames (default: the shared train images)"
+    )
+    parser.add_argument("--calibration-count", type=int, default=32)
+    parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -150,6 +165,15 @@ def main() -> None:
         workdir = Path(tmp)
         onnx_model = OnnxSegmenter(export_onnx(naive_model, workdir / "model.onnx"))
         image_path = benchmark_image(workdir)
+        calibration = calibration_images(args, workdir)
+        int8_path = quantize_onnx(
+            workdir / "model.onnx", workdir / "model_int8.onnx", calibration, method=args.calibration_method
+        )
+        int8_model = OnnxSegmenter(int8_path)
+        print(
+            f"INT8 ({args.calibration_method}, {len(calibration)} calibration frames): "
+            f"{int8_path.stat().st_size / 1e6:.1f} MB, fp32 {(workdir / 'model.onnx').stat().st_size / 1e6:.1f} MB"
+        )
         height, width = np.asarray(Image.open(image_path)).shape[:2]
         size = naive_model.config["input_size"]
         batch = preprocess(
@@ -189,6 +213,10 @@ def main() -> None:
             "(c) package ONNX Runtime fp32": (
                 lambda: project_predict(onnx_model, image_path),
                 lambda: onnx_model.forward(batch),
+            ),
+            "(d) package ONNX Runtime INT8 (static, QDQ)": (
+                lambda: project_predict(int8_model, image_path),
+                lambda: int8_model.forward(batch),
             ),
         }
         rows = []
@@ -230,6 +258,10 @@ def main() -> None:
             "(c) predict.py --backend onnx": (
                 cli("onnx.csv", "--backend", "onnx", "--model", str(workdir / "model.onnx")),
                 "onnx.csv",
+            ),
+            "(d) predict.py --backend onnx, INT8 file": (
+                cli("int8.csv", "--backend", "onnx", "--model", str(int8_path)),
+                "int8.csv",
             ),
         }
         print(f"\nP2: folder of {len(images)} images -> submission CSV (batch 4, model load included)")
