@@ -17,25 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from neopolyp_hf.loopback import start_app, stop_app
+from neopolyp_hf.serving import load_segmenter
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp" / "test" / "test"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -59,35 +50,6 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def launch(model: str, temp: Path, deadline_s: float = 240) -> tuple[subprocess.Popen, str]:
-    """app.py on a free loopback port, its temp folders under `temp`; waits until it answers."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "NEOPOLYP_MODEL": model,
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_TEMP_DIR": str(temp / "gradio"),
-        "TMPDIR": str(temp / "app"),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-    }
-    (temp / "app").mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    stop = time.time() + deadline_s
-    while time.time() < stop:
-        if process.poll() is not None:
-            raise SystemExit(f"app.py exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"app.py did not answer on {url} within {deadline_s} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (or Hub repo id) the app serves")
@@ -101,13 +63,19 @@ def main() -> None:
 
     from gradio_client import Client, handle_file
 
-    from neopolyp_hf.serving import load_segmenter
-
     image = Path(args.image) if args.image else sorted(REAL_TEST.glob("*.jpeg"))[0]
     started = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         temp = Path(workdir)
-        process, url = launch(args.model, temp)
+        (temp / "app").mkdir()
+        env = {
+            "NEOPOLYP_MODEL": args.model,
+            "GRADIO_TEMP_DIR": str(temp / "gradio"),
+            "TMPDIR": str(temp / "app"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+        }
+        process, url = start_app(ROOT / "app.py", env, timeout=240)
         try:
             client = Client(url, verbose=False)
             payload = handle_file(str(image))
@@ -156,8 +124,7 @@ def main() -> None:
                     rss_by_hundred.append((sent, rss_mb(process.pid)))
             disk_growth = folder_mb(temp) - base_disk
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_app(process)
 
     print(
         f"\napp.py on 127.0.0.1, backend {info.backend} ({info.precision}), image {image.name}, {os.cpu_count()} CPUs\n"
