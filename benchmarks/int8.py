@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--ids", required=True, help="the held-out ids: a split.json ('val') or one id per line")
     parser.add_argument("--calibration-count", type=int, default=32)
-    parser.add_argument("--methods", nargs="+", default=list(CALIBRATION_METHODS), choices=CALIBRATION_METHODS)
+    parser.add_argument("--methods", nargs="+", default=["minmax", "percentile"], choices=CALIBRATION_METHODS)
+    parser.add_argument("--max-images", type=int, default=None, help="score only the first N held-out images")
     parser.add_argument("--output", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
 
     held_out = read_ids(args.ids)
-    samples = select_samples(args.data_dir, held_out)
+    samples = select_samples(args.data_dir, held_out)[: args.max_images]
     training_side = [s for s in find_pairs(args.data_dir) if s.id not in set(held_out)]
     step = max(1, len(training_side) // args.calibration_count)
     calibration = [s.image_path for s in training_side[::step][: args.calibration_count]]
