@@ -253,8 +253,11 @@ def main() -> None:
 
         runs = {
             "(a) naive loop": (lambda: naive_folder(naive_model, images, workdir / "naive.csv"), "naive.csv"),
-            "(b) predict.py --backend torch": (cli("torch.csv"), "torch.csv"),
-            "(b2) predict.py --backend torch --precision bf16": (cli("bf16.csv", "--precision", "bf16"), "bf16.csv"),
+            "(b) predict.py --backend torch": (cli("torch.csv", "--backend", "torch"), "torch.csv"),
+            "(b2) predict.py --backend torch --precision bf16": (
+                cli("bf16.csv", "--backend", "torch", "--precision", "bf16"),
+                "bf16.csv",
+            ),
             "(c) predict.py --backend onnx": (
                 cli("onnx.csv", "--backend", "onnx", "--model", str(workdir / "model.onnx")),
                 "onnx.csv",

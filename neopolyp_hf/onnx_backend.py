@@ -25,6 +25,9 @@ CONFIG_KEY = "neopolyp_config"
 PRECISION_KEY = "precision"
 PRECISIONS = ("fp32", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Kept in fp32: the first convolution (raw pixels in) and the last decoder block and head (class
+# scores out, where an int8 rounding moves a mask boundary directly). Their FLOPs are small.
+FP32_NODE_PREFIXES = ("/unet/encoder/conv1/", "/unet/decoder/blocks.4/", "/unet/segmentation_head/")
 
 
 def _set_metadata(proto, config: dict[str, Any], precision: str) -> None:
@@ -109,6 +112,7 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as workdir:
         prepared = Path(workdir) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up first
+        keep = [n.name for n in onnx.load(str(prepared)).graph.node if n.name.startswith(FP32_NODE_PREFIXES)]
         quantized = Path(workdir) / "int8.onnx"
         quantize_static(
             str(prepared),
@@ -119,6 +123,7 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
+            nodes_to_exclude=keep,
             extra_options={"CalibTensorRangeSymmetric": False},
         )
         proto = onnx.load(str(quantized))

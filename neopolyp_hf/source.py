@@ -57,12 +57,15 @@ def resolve_model_source(source: str | os.PathLike, revision: str | None = None,
         raise ModelSourceError("no model source given: name a model folder or a Hub repo id")
     if os.path.isdir(name):
         return _resolve_folder(Path(name))
-    # One commit for all three files: a push between two downloads cannot mix versions.
+    # Downloading by the revision asked for records it in the cache (refs/), so an offline restart
+    # finds it; the Hub's answer then names the commit, and all three files come from that one
+    # commit, so a push between two downloads cannot mix versions.
+    _download(name, CONFIG_FILE, revision, hub_args)
     commit = _download(name, CONFIG_FILE, revision, hub_args, dry_run=True).commit_hash
-    config = Path(_download(name, CONFIG_FILE, commit, hub_args))
+    config = Path(_download(name, CONFIG_FILE, commit, hub_args, revision_asked=revision))
     weights = Path(_download(name, WEIGHTS_FILE, commit, hub_args, revision_asked=revision))
     try:
-        card = Path(_download(name, CARD_FILE, commit, hub_args))
+        card = Path(_download(name, CARD_FILE, commit, hub_args, revision_asked=revision))
     except ModelSourceError:  # a card is optional
         card = None
     return ModelFiles(name, revision, commit, config, weights, card)

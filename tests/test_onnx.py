@@ -57,7 +57,7 @@ def real_model_dir(real_data, tmp_path_factory):
     """A small model trained briefly on real pairs: confident enough that quantization error shows."""
     out = tmp_path_factory.mktemp("real_model")
     command = [sys.executable, str(ROOT / "train" / "train.py"), "--data-dir", str(real_data), "--output-dir", str(out)]
-    command += ["--image-size", "64", "--epochs", "4", "--max-train-samples", "96", "--encoder-weights", "none"]
+    command += ["--image-size", "64", "--epochs", "10", "--max-train-samples", "192", "--encoder-weights", "none"]
     command += ["--num-workers", "0", "--num-overlays", "0", "--batch-size", "8"]
     subprocess.run(command, check=True, capture_output=True, timeout=900)
     return out / "best"
@@ -68,7 +68,7 @@ def test_int8_export_agrees_with_fp32_on_real_images(real_model_dir, real_data, 
     result = subprocess.run(
         [sys.executable, str(ROOT / "train" / "export_onnx.py"), "--model", str(real_model_dir)]
         + ["--output", str(tmp_path / "int8.onnx"), "--int8", "--calibration-dir", str(real_data)]
-        + ["--calibration-count", "8"],
+        + ["--calibration-count", "32"],
         capture_output=True,
         text=True,
         timeout=600,
