@@ -9,6 +9,7 @@ NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), N
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -101,7 +102,9 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         percentages_summary(prediction),
         lesion_rows(prediction),
         prediction.render_uncertainty(),
-        prediction,
+        # The session keeps a fresh copy without the derived full-size arrays (probabilities,
+        # uncertainty, ...): the re-blend and the mask PNG need only the image and the mask.
+        dataclasses.replace(prediction),
     )
 
 

@@ -103,23 +103,25 @@ def main() -> None:
             del segmenter
 
             clients = [Client(url, verbose=False) for _ in range(args.clients)]
+            errors: list[str] = []
+
+            def call(i: int) -> None:
+                try:
+                    clients[i % args.clients].predict(payload, api_name="/predict")
+                except Exception as error:  # counted and reported, never hidden
+                    errors.append(f"{type(error).__name__}: {str(error)[:120]}")
+
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
-                list(
-                    pool.map(
-                        lambda i: clients[i % args.clients].predict(payload, api_name="/predict"), range(args.burst)
-                    )
-                )
-            throughput = args.burst / (time.perf_counter() - t0)
+                list(pool.map(call, range(args.burst)))
+            throughput = (args.burst - len(errors)) / (time.perf_counter() - t0)
 
             rss_by_hundred = []
             sent = 0
             with ThreadPoolExecutor(args.clients) as pool:
                 while sent < args.requests and time.time() - started < args.max_seconds:
                     step = min(100, args.requests - sent)
-                    list(
-                        pool.map(lambda i: clients[i % args.clients].predict(payload, api_name="/predict"), range(step))
-                    )
+                    list(pool.map(call, range(step)))
                     sent += step
                     rss_by_hundred.append((sent, rss_mb(process.pid)))
             disk_growth = folder_mb(temp) - base_disk
@@ -139,6 +141,9 @@ def main() -> None:
     for count, rss in rss_by_hundred:
         print(f"| server RSS after {count} more requests | {rss:.0f} MB |")
     print(f"| temp + cache growth after {sent} requests | {disk_growth:.1f} MB |")
+    print(f"| failed requests (of {args.burst + sent} under load) | {len(errors)} |")
+    for error in sorted(set(errors))[:5]:
+        print(f"  failure: {error}")
 
 
 if __name__ == "__main__":
