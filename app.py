@@ -123,10 +123,11 @@ def mask_file(prediction: Prediction | None):
     if prediction is None:
         raise gr.Error("Segment an image first.")
     MASKS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in MASKS_DIR.glob("*.png"):  # bounded disk: masks live as long as Gradio's cache
+    for old in MASKS_DIR.glob("*/neopolyp_mask.png"):  # bounded disk: masks live as long as Gradio's cache
         if old.stat().st_mtime < time.time() - CACHE_SECONDS:
             old.unlink(missing_ok=True)
-    path = save_mask_png(prediction.mask, Path(tempfile.mkstemp(suffix=".png", dir=MASKS_DIR)[1]))
+            old.parent.rmdir()
+    path = save_mask_png(prediction.mask, Path(tempfile.mkdtemp(dir=MASKS_DIR)) / "neopolyp_mask.png")
     return gr.File(value=str(path), visible=True)
 
 

@@ -169,6 +169,7 @@ def test_cache_is_deleted_and_a_full_queue_says_try_again(trained_model_dir, exa
         }
     )
     try:
+
         def files() -> set[Path]:
             return {p for p in temp.rglob("*") if p.is_file()}
 
