@@ -94,19 +94,24 @@ def holds_minority_class(stratum_name: str) -> bool:
     return CLASS_NAMES[MINORITY_CLASS] in stratum_name.split("+")
 
 
+def _shuffled_strata(ids: Sequence[str], strata: Sequence[str], seed: int) -> list[list[str]]:
+    """The ids grouped by stratum (strata in sorted order), each group in a seeded random order;
+    independent of the order the ids come in."""
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = {}
+    for sample_id, group in sorted(zip(ids, strata, strict=True)):
+        by_stratum.setdefault(group, []).append(sample_id)
+    return [[by_stratum[g][i] for i in rng.permutation(len(by_stratum[g]))] for g in sorted(by_stratum)]
+
+
 def stratified_split(
     ids: Sequence[str], strata: Sequence[str], val_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """Seeded (train, val) split by stratum; independent of the order the ids come in."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    by_stratum: dict[str, list[str]] = {}
-    for sample_id, group in sorted(zip(ids, strata, strict=True)):
-        by_stratum.setdefault(group, []).append(sample_id)
     train, val = [], []
-    for group in sorted(by_stratum):
-        members = [by_stratum[group][i] for i in rng.permutation(len(by_stratum[group]))]
+    for members in _shuffled_strata(ids, strata, seed):
         n_val = int(round(len(members) * val_fraction))
         if len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
@@ -121,14 +126,9 @@ def stratified_folds(ids: Sequence[str], strata: Sequence[str], folds: int, seed
     """Seeded, stratified k-fold partition of `ids`: each stratum dealt round-robin over the folds."""
     if folds < 2 or folds > len(ids):
         raise DataError(f"cannot make {folds} folds of {len(ids)} sample(s): use 2 to {len(ids)} folds")
-    rng = np.random.default_rng(seed)
-    by_stratum: dict[str, list[str]] = {}
-    for sample_id, group in sorted(zip(ids, strata, strict=True)):
-        by_stratum.setdefault(group, []).append(sample_id)
     result: list[list[str]] = [[] for _ in range(folds)]
     offset = 0  # continue the deal across strata so that the folds' sizes differ by at most one
-    for group in sorted(by_stratum):
-        members = [by_stratum[group][i] for i in rng.permutation(len(by_stratum[group]))]
+    for members in _shuffled_strata(ids, strata, seed):
         for position, sample_id in enumerate(members):
             result[(offset + position) % folds].append(sample_id)
         offset += len(members)
