@@ -159,7 +159,7 @@ class OnnxSegmenter(Segmenter):
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) float32 -> (N, C, S, S) float32 class scores (the exported forward: logits or log-probabilities)."""
+        """(N, 3, S, S) float32 -> (N, C, S, S) float32 class scores (logits or log-probabilities)."""
         return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
 
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
