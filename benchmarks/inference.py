@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from neopolyp_hf import NeoPolypUNet, rle_decode, rle_encode
+from neopolyp_hf import NeoPolypUNet, harmonize_lesions, rle_decode, rle_encode
+from neopolyp_hf.inference import Prediction, scores_to_mask
 from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
-from neopolyp_hf.preprocessing import preprocess
+from neopolyp_hf.preprocessing import load_image, preprocess
 from neopolyp_hf.synthetic import synthetic_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,31 @@ def project_predict(backend, path: Path) -> tuple[np.ndarray, Image.Image, dict[
     """The package's path (torch or ONNX Runtime): the same outputs."""
     prediction = backend.predict(path, lesion_consistency=False)
     return prediction.mask, prediction.overlay, prediction.percentages
+
+
+def stage_profile(segmenter, path: Path, repeats: int) -> list[tuple[str, float]]:
+    """Median ms of each stage of the package's single-image path, in order, for one backend."""
+    config = segmenter._inference_config
+    size, mean, std = config["input_size"], config["mean"], config["std"]
+    rgb = load_image(path)
+    batch = preprocess(rgb, size, mean, std).numpy()[None]
+    scores = segmenter._forward_numpy(batch)[0]
+    mask = scores_to_mask(scores, *rgb.shape[:2])
+
+    def prediction() -> Prediction:
+        return Prediction(rgb, mask, scores, config["class_names"], config["class_colors"])
+
+    stages = [
+        ("decode JPEG (load_image)", lambda: load_image(path)),
+        ("resize + normalize (preprocess)", lambda: preprocess(rgb, size, mean, std)),
+        ("model (forward)", lambda: segmenter._forward_numpy(batch)),
+        ("upsample scores + argmax (scores_to_mask)", lambda: scores_to_mask(scores, *rgb.shape[:2])),
+        ("overlay at 50%", lambda: prediction().overlay),
+        ("percentages", lambda: prediction().percentages),
+        ("not in P1: lesion consistency (harmonize_lesions)", lambda: harmonize_lesions(mask)),
+        ("not in P1: lesion table (probabilities + lesions)", lambda: prediction().lesions),
+    ]
+    return [(name, median_ms(fn, repeats)) for name, fn in stages]
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -235,6 +261,14 @@ def main() -> None:
                 f"| {name} | {e2e:.1f} | {base / e2e:.2f}x | {model_ms:.1f} | {model_ms / floor_ms:.2f}x | "
                 f"{100 * agreement:.3f}% |"
             )
+
+        # Where the INT8 path's time goes, stage by stage (the P1 row sums the first six).
+        print("\nP1 profile: package ONNX Runtime INT8, stage by stage")
+        print("| stage | ms | share of the P1 row |")
+        print("|---|---|---|")
+        int8_e2e = rows[-1][1]
+        for stage, ms in stage_profile(int8_model, image_path, args.repeats):
+            print(f"| {stage} | {ms:.1f} | {100 * ms / int8_e2e:.0f}% |")
 
         images = folder_images(workdir, args.folder_images)
         folder = workdir / "p2"

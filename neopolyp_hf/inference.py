@@ -56,15 +56,21 @@ class Prediction:
         return np.clip(_upsample(entropy[None].astype(np.float32), height, width)[0], 0.0, 1.0)
 
     @cached_property
+    def class_counts(self) -> np.ndarray:
+        """Pixels of each class in the mask."""
+        # One comparison per class: several times faster than a bincount over a full frame.
+        return np.array([np.count_nonzero(self.mask == i) for i in range(len(self.class_names))])
+
+    @cached_property
     def percentages(self) -> dict[str, float]:
         """Percentage of all image pixels in each polyp class."""
-        counts = np.bincount(self.mask.ravel(), minlength=len(self.class_names))
+        counts = self.class_counts
         return {name: 100.0 * float(counts[i]) / self.mask.size for i, name in enumerate(self.class_names) if i > 0}
 
     @cached_property
     def polyp_percentages(self) -> dict[str, float]:
         """Share of the polyp area (all non-background pixels) held by each polyp class, in %."""
-        counts = np.bincount(self.mask.ravel(), minlength=len(self.class_names))[1:]
+        counts = self.class_counts[1:]
         total = float(counts.sum())
         return {
             name: (100.0 * float(c) / total if total else 0.0)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .classes import NEOPLASTIC, NON_NEOPLASTIC
+from .masks import polyp_box
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,19 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     A polyp is neoplastic or not as a whole, so a region split between the two classes is
     almost always wrong in part.
     """
-    count, labels, _ = label_polyps(mask)
-    if count <= 1:
-        return mask
-    votes = region_votes(labels, mask, count, int(mask.max()) + 1)
+    box = polyp_box(mask)
+    if box is None or np.count_nonzero(mask == NEOPLASTIC) in (0, np.count_nonzero(mask[box])):
+        return mask  # no polyp, or a single polyp class: nothing to harmonize
+    # Labelling and voting touch only the box around the polyps, often a small part of the frame.
+    inside = mask[box]
+    count, labels, _ = label_polyps(inside)
+    votes = region_votes(labels, inside, count, int(inside.max()) + 1)
     votes[:, 0] = -1  # regions are polyp pixels only
     region_class = votes.argmax(axis=1).astype(mask.dtype)
     region_class[0] = 0
-    return region_class[labels]
+    harmonized = mask.copy()
+    harmonized[box] = region_class[labels]
+    return harmonized
 
 
 def find_lesions(
@@ -65,15 +71,17 @@ def find_lesions(
     low, high = uncertain_range
     lesions = []
     for label in range(1, count):
-        region = labels == label
-        classes = np.bincount(mask[region], minlength=len(class_names))
+        x, y, w, h, area = (int(v) for v in stats[label])
+        box = (slice(y, y + h), slice(x, x + w))  # each region is read inside its own box only
+        region = labels[box] == label
+        classes_in_region = mask[box][region]
+        classes = np.bincount(classes_in_region, minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
-        pixels = probabilities[:, region]  # C x n
-        own_class = np.take_along_axis(pixels, mask[region][None].astype(np.intp), axis=0)[0]
+        pixels = probabilities[:, box[0], box[1]][:, region]  # C x n
+        own_class = np.take_along_axis(pixels, classes_in_region[None].astype(np.intp), axis=0)[0]
         neoplastic, non_neoplastic = pixels[NEOPLASTIC], pixels[NON_NEOPLASTIC]
         share = float(np.mean(neoplastic / np.maximum(neoplastic + non_neoplastic, 1e-12)))
-        x, y, w, h, area = (int(v) for v in stats[label])
         lesions.append(
             Lesion(
                 label=label,

@@ -61,6 +61,12 @@ def colorize_mask(classes: np.ndarray, colors: Colors = CLASS_COLORS) -> np.ndar
     return cv2.merge([cv2.LUT(indices, table) for table in _lookup_tables(colors)])
 
 
+def polyp_box(classes: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of the smallest box holding every non-background pixel; None if there is none."""
+    x, y, w, h = cv2.boundingRect((np.asarray(classes) > 0).view(np.uint8))
+    return (slice(y, y + h), slice(x, x + w)) if w and h else None
+
+
 def overlay_mask(
     image: np.ndarray | Image.Image,
     classes: np.ndarray,
@@ -73,9 +79,12 @@ def overlay_mask(
     base = np.ascontiguousarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     if base.shape[:2] != classes.shape:
         raise ValueError(f"image {base.shape[:2]} and mask {classes.shape} differ in size")
-    blended = cv2.addWeighted(base, 1.0 - alpha, colorize_mask(classes, colors), alpha, 0.0)
     out = base.copy()
-    cv2.copyTo(blended, (classes > 0).astype(np.uint8), out)
+    box = polyp_box(classes)
+    if box is not None:  # blend only the box around the polyps: often a small part of the frame
+        inside = classes[box]
+        blended = cv2.addWeighted(base[box], 1.0 - alpha, colorize_mask(inside, colors), alpha, 0.0)
+        np.copyto(out[box], blended, where=(inside > 0)[..., None])
     return Image.fromarray(out)
 
 

@@ -27,6 +27,7 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 # What an endoscope or a browser upload plausibly is. Pillow's other decoders (EPS through
 # Ghostscript, FITS, PSD, ...) are attack surface with no use here.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ORIENTATION_TAG = 0x0112  # EXIF
 
 
 def _describe(source: ImageInput) -> str:
@@ -37,7 +38,8 @@ def _describe(source: ImageInput) -> str:
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to an HxWx3 uint8 array."""
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:  # exif_transpose copies even upright frames
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float images: scale their own range to 8 bits rather than clipping.
         array = np.asarray(image, dtype=np.float64)
@@ -49,7 +51,7 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return np.ascontiguousarray(np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8))
 
 
 def load_image(

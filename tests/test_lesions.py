@@ -1,6 +1,8 @@
 """Connected polyp regions: class consistency and the lesion table."""
 
+import cv2
 import numpy as np
+import pytest
 
 from neopolyp_hf import harmonize_lesions
 from neopolyp_hf.lesions import find_lesions
@@ -31,3 +33,32 @@ def test_lesion_table_is_largest_first_with_majority_class_and_neoplastic_probab
     assert abs(big.neoplastic_probability - 0.9) < 1e-6 and not big.uncertain
     assert abs(small.neoplastic_probability - 0.5) < 1e-6 and small.uncertain
     assert abs(small.area_percent - 100 * 16 / 400) < 1e-9
+
+
+def _harmonize_whole_frame(mask: np.ndarray) -> np.ndarray:
+    """The plain definition: label the whole frame, majority polyp class per region."""
+    count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
+    out = np.zeros_like(mask)
+    for label in range(1, count):
+        region = labels == label
+        out[region] = 1 if np.count_nonzero(mask[region] == 1) >= np.count_nonzero(mask[region] == 2) else 2
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_harmonize_on_the_polyp_box_matches_the_whole_frame_definition(seed):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((90, 120), np.uint8)
+    for _ in range(rng.integers(1, 5)):  # overlapping discs of either class, anywhere
+        centre = (int(rng.integers(0, 120)), int(rng.integers(0, 90)))
+        cv2.circle(mask, centre, int(rng.integers(2, 25)), int(rng.integers(1, 3)), -1)
+    np.testing.assert_array_equal(harmonize_lesions(mask), _harmonize_whole_frame(mask))
+
+
+def test_harmonize_leaves_empty_and_one_class_masks_as_they_are():
+    empty = np.zeros((8, 8), np.uint8)
+    one_class = empty.copy()
+    one_class[2:4, 2:4] = 2
+    one_class[6:8, 6:8] = 2
+    np.testing.assert_array_equal(harmonize_lesions(empty), empty)
+    np.testing.assert_array_equal(harmonize_lesions(one_class), one_class)

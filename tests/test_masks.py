@@ -46,6 +46,20 @@ def test_overlay_blends_only_polyp_pixels():
     assert (out[2:] == 100).all()
 
 
+def test_overlay_matches_the_whole_frame_blend_on_random_masks():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    classes = np.zeros((60, 80), np.uint8)
+    classes[10:30, 50:70] = rng.integers(0, 3, (20, 20))
+    expected = image.copy()
+    colours = colorize_mask(classes).astype(np.float64)
+    blended = np.round(0.3 * image + 0.7 * colours).astype(np.uint8)
+    expected[classes > 0] = blended[classes > 0]
+    out = np.asarray(overlay_mask(image, classes, CLASS_COLORS, alpha=0.7)).astype(int)
+    assert np.abs(out - expected).max() <= 1  # OpenCV rounds its saturating blend
+    assert (out[classes == 0] == image[classes == 0]).all()
+
+
 def test_real_masks_decode_and_round_trip(real_data):
     paths = sorted((real_data / "train_gt" / "train_gt").glob("*.jpeg"))
     assert len(paths) >= 100
