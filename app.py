@@ -18,9 +18,11 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from neopolyp_hf import ImageLoadError, ModelSourceError, Prediction
+from neopolyp_hf.atomic import write_atomic
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving import (
@@ -65,6 +67,21 @@ except ImportError:
 OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="neopolyp-"))
 EXAMPLES_DIR = OUTPUT_DIR / "examples"
 MASKS_DIR = OUTPUT_DIR / "masks"
+# Inside Gradio's cache, so that its `delete_cache` sweep removes them and nothing is copied.
+VIEWS_DIR = Path(get_upload_folder()) / "neopolyp-views"
+
+
+def save_view(image: Image.Image, name: str) -> str:
+    """A displayed image as a JPEG file of its own (a unique name), written atomically.
+
+    A returned PIL image would be cached by Gradio under a hash of its bytes and rewritten in
+    place, so two requests for the same frame (an example, a retry) could cut each other's
+    download short.
+    """
+    VIEWS_DIR.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(dir=VIEWS_DIR, prefix=f"{name}-", suffix=".jpeg")
+    os.close(handle)
+    return str(write_atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=90)))
 
 
 def make_examples(count: int = 3) -> list[str]:
@@ -96,12 +113,12 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         # Name the upload by its file name, not the server's temporary path.
         message = str(error).replace(image_path, Path(image_path).name)
         raise gr.Error(f"Cannot segment this upload: {message}") from error
-    # Both images go out as JPEG (the components' format): a few ms each, where PNG took ~350 ms.
+    # Both images go out as JPEG: a few ms each, where PNG took ~350 ms.
     return (
-        prediction.render_overlay(opacity),
+        save_view(prediction.render_overlay(opacity), "neopolyp_overlay"),
         percentages_summary(prediction),
         lesion_rows(prediction),
-        prediction.render_uncertainty(),
+        save_view(prediction.render_uncertainty(), "neopolyp_uncertainty"),
         # The session keeps a fresh copy without the derived full-size arrays (probabilities,
         # uncertainty, ...): the re-blend and the mask PNG need only the image and the mask.
         dataclasses.replace(prediction),
@@ -115,7 +132,7 @@ def summary(prediction: Prediction | None) -> str:
 
 def rerender(prediction: Prediction | None, opacity: float):
     """Re-blend the last prediction at a new opacity, without running the model again."""
-    return None if prediction is None else prediction.render_overlay(opacity)
+    return None if prediction is None else save_view(prediction.render_overlay(opacity), "neopolyp_overlay")
 
 
 def mask_file(prediction: Prediction | None):
@@ -173,14 +190,11 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         with gr.Column():
             with gr.Tabs():
                 with gr.Tab("Segmentation"):
-                    overlay_output = gr.Image(
-                        label="Segmentation overlay", type="pil", format="jpeg", elem_id="overlay"
-                    )
+                    overlay_output = gr.Image(label="Segmentation overlay", type="filepath", elem_id="overlay")
                 with gr.Tab("Uncertainty"):
                     uncertainty_output = gr.Image(
                         label="Uncertainty (bright: the model is unsure)",
-                        type="pil",
-                        format="jpeg",
+                        type="filepath",
                         elem_id="uncertainty",
                     )
                     gr.Markdown(UNCERTAINTY_HELP)

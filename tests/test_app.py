@@ -152,6 +152,11 @@ def test_concurrent_requests_agree(client, served, example_image):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
     assert all(r[1] == results[0][1] for r in results)
+    # Each request's images are files of their own: the same frame twice never rewrites a file
+    # that another client is still downloading.
+    names = [Path(path).name for r in results for path in (r[0], r[3])]
+    assert len(set(names)) == len(names), names
+    assert all(Image.open(r[0]).format == "JPEG" for r in results)
 
 
 @pytest.mark.slow
