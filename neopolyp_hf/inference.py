@@ -80,7 +80,8 @@ class Prediction:
     @cached_property
     def lesions(self) -> list[Lesion]:
         """Connected polyp regions: area, majority class, mean confidence, P(neoplastic) and the flag."""
-        return find_lesions(self.mask, self.probabilities, self.class_names, self.uncertain_range)
+        # Model-resolution probabilities: find_lesions upsamples each lesion's box only.
+        return find_lesions(self.mask, softmax(self.scores, axis=0), self.class_names, self.uncertain_range)
 
     @cached_property
     def overlay(self) -> Image.Image:

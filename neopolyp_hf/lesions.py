@@ -59,13 +59,39 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     return harmonized
 
 
+def upsampled_box(maps: np.ndarray, height: int, width: int, box: tuple[slice, slice]) -> np.ndarray:
+    """`box` of the C x h x w maps bilinearly resized to height x width, without resizing the rest.
+
+    The same sampling as a full `cv2.resize` (pixel centres aligned), then cropped, to within
+    OpenCV's 1/32-pixel interpolation grid.
+    """
+    rows, cols = box
+    scale_y, scale_x = maps.shape[1] / height, maps.shape[2] / width
+    to_source = np.array(
+        [[scale_x, 0.0, (cols.start + 0.5) * scale_x - 0.5], [0.0, scale_y, (rows.start + 0.5) * scale_y - 0.5]]
+    )
+    size = (cols.stop - cols.start, rows.stop - rows.start)
+    return np.stack(
+        [
+            cv2.warpAffine(
+                plane, to_source, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+            )
+            for plane in np.ascontiguousarray(maps, dtype=np.float32)
+        ]
+    )
+
+
 def find_lesions(
     mask: np.ndarray,
     probabilities: np.ndarray,
     class_names: list[str],
     uncertain_range: tuple[float, float] = (0.35, 0.65),
 ) -> list[Lesion]:
-    """One `Lesion` per connected polyp region of `mask`, largest first; `probabilities` is C x H x W."""
+    """One `Lesion` per connected polyp region of `mask`, largest first.
+
+    `probabilities` is C x H x W at the mask's size, or at the model's size: then each lesion's
+    box alone is upsampled (bilinearly), which is far cheaper than upsampling the whole frame.
+    """
     count, labels, stats = label_polyps(mask)
     total = float(mask.size)
     low, high = uncertain_range
@@ -78,7 +104,12 @@ def find_lesions(
         classes = np.bincount(classes_in_region, minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
-        pixels = probabilities[:, box[0], box[1]][:, region]  # C x n
+        in_box = (
+            probabilities[:, box[0], box[1]]
+            if probabilities.shape[1:] == mask.shape
+            else upsampled_box(probabilities, *mask.shape, box)
+        )
+        pixels = in_box[:, region]  # C x n
         own_class = np.take_along_axis(pixels, classes_in_region[None].astype(np.intp), axis=0)[0]
         neoplastic, non_neoplastic = pixels[NEOPLASTIC], pixels[NON_NEOPLASTIC]
         share = float(np.mean(neoplastic / np.maximum(neoplastic + non_neoplastic, 1e-12)))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from neopolyp_hf import harmonize_lesions
+from neopolyp_hf.inference import scores_to_mask, softmax
 from neopolyp_hf.lesions import find_lesions
 
 
@@ -62,3 +63,19 @@ def test_harmonize_leaves_empty_and_one_class_masks_as_they_are():
     one_class[6:8, 6:8] = 2
     np.testing.assert_array_equal(harmonize_lesions(empty), empty)
     np.testing.assert_array_equal(harmonize_lesions(one_class), one_class)
+
+
+def test_lesions_from_model_resolution_probabilities_match_the_full_size_ones():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    scores[1:, 4:12, 3:9] += 3.0  # one polyp region, classes mixed inside it
+    low = softmax(scores, axis=0)
+    height, width = 75, 101  # a ratio that is not a whole number
+    full = np.stack([cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR) for plane in low])
+    mask = scores_to_mask(scores, height, width)
+    names = ["background", "neoplastic", "non_neoplastic"]
+    from_full, from_low = find_lesions(mask, full, names), find_lesions(mask, low, names)
+    assert from_full and [(a.area_px, a.class_name) for a in from_full] == [(b.area_px, b.class_name) for b in from_low]
+    for a, b in zip(from_full, from_low, strict=True):
+        assert abs(a.confidence - b.confidence) < 5e-3
+        assert abs(a.neoplastic_probability - b.neoplastic_probability) < 5e-3
