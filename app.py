@@ -4,16 +4,16 @@ Environment (all optional): NEOPOLYP_MODEL (model folder, Hub repo id or .onnx f
 NEOPOLYP_REVISION, NEOPOLYP_BACKEND (auto|torch|onnx; auto: ONNX Runtime on a CPU, torch on CUDA),
 NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE (bytes, 20 MB),
 NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), NEOPOLYP_QUEUE_SIZE
-(requests waiting beyond it get "queue full, try again"; 16), and Gradio's GRADIO_SERVER_NAME / _PORT.
+(requests waiting beyond it get "queue full, try again"; 16), NEOPOLYP_MAX_OUTPUT_MB (the overlays,
+uncertainty views and mask PNGs kept for download, oldest deleted first; 64), and Gradio's
+GRADIO_SERVER_NAME / _PORT.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -21,12 +21,14 @@ import numpy as np
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from neopolyp_hf import ImageLoadError, ModelSourceError, Prediction
+from neopolyp_hf import ImageLoadError, ModelSourceError
 from neopolyp_hf.atomic import write_atomic
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving import (
     LESION_HEADERS,
+    KeptPrediction,
+    OutputStore,
     lesion_rows,
     load_segmenter,
     percentages_sentences,
@@ -41,6 +43,7 @@ try:
     MAX_FILE_SIZE = int(os.environ.get("NEOPOLYP_MAX_FILE_SIZE", 20_000_000))
     CACHE_SECONDS = int(os.environ.get("NEOPOLYP_CACHE_SECONDS", 300))
     QUEUE_SIZE = int(os.environ.get("NEOPOLYP_QUEUE_SIZE", 16))
+    MAX_OUTPUT_MB = int(os.environ.get("NEOPOLYP_MAX_OUTPUT_MB", 64))
 except ValueError as error:
     sys.exit(f"NeoPolyp cannot start: a NEOPOLYP_* size or time setting is not a whole number: {error}")
 
@@ -64,24 +67,21 @@ except ImportError:
         return fn
 
 
-OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="neopolyp-"))
-EXAMPLES_DIR = OUTPUT_DIR / "examples"
-MASKS_DIR = OUTPUT_DIR / "masks"
-# Inside Gradio's cache, so that its `delete_cache` sweep removes them and nothing is copied.
-VIEWS_DIR = Path(get_upload_folder()) / "neopolyp-views"
+EXAMPLES_DIR = Path(tempfile.mkdtemp(prefix="neopolyp-")) / "examples"
+# Overlays, uncertainty views and mask PNGs: each a file of its own (a PIL image returned to Gradio
+# is cached under a hash of its bytes and rewritten in place, so two requests for the same frame
+# could cut each other's download short), inside Gradio's cache so that its sweep removes them
+# too, and capped in size however fast requests come.
+OUTPUTS = OutputStore(Path(get_upload_folder()) / "neopolyp-outputs", MAX_OUTPUT_MB * 1_000_000)
 
 
 def save_view(image: Image.Image, name: str) -> str:
-    """A displayed image as a JPEG file of its own (a unique name), written atomically.
+    """A displayed image as a JPEG file of its own."""
 
-    A returned PIL image would be cached by Gradio under a hash of its bytes and rewritten in
-    place, so two requests for the same frame (an example, a retry) could cut each other's
-    download short.
-    """
-    VIEWS_DIR.mkdir(parents=True, exist_ok=True)
-    handle, path = tempfile.mkstemp(dir=VIEWS_DIR, prefix=f"{name}-", suffix=".jpeg")
-    os.close(handle)
-    return str(write_atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=90)))
+    def write(path: Path) -> Path:
+        return write_atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=90))
+
+    return str(OUTPUTS.save(name, ".jpeg", write))
 
 
 def make_examples(count: int = 3) -> list[str]:
@@ -119,32 +119,30 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         percentages_summary(prediction),
         lesion_rows(prediction),
         save_view(prediction.render_uncertainty(), "neopolyp_uncertainty"),
-        # The session keeps a fresh copy without the derived full-size arrays (probabilities,
-        # uncertainty, ...): the re-blend and the mask PNG need only the image and the mask.
-        dataclasses.replace(prediction),
+        KeptPrediction.of(prediction, image_path),  # small: every API call is a session of its own
     )
 
 
-def summary(prediction: Prediction | None) -> str:
+def summary(percentages: dict | None) -> str:
     """The percentages as sentences a person reads at a glance."""
-    return "" if prediction is None else percentages_sentences(prediction)
+    return percentages_sentences(percentages) if percentages else ""
 
 
-def rerender(prediction: Prediction | None, opacity: float):
+def rerender(kept: KeptPrediction | None, opacity: float):
     """Re-blend the last prediction at a new opacity, without running the model again."""
-    return None if prediction is None else save_view(prediction.render_overlay(opacity), "neopolyp_overlay")
+    if kept is None:
+        return None
+    try:
+        return save_view(kept.render_overlay(opacity, MAX_PIXELS), "neopolyp_overlay")
+    except ImageLoadError as error:  # the upload has aged out of the cache
+        raise gr.Error("This frame has expired from the server; upload it again.") from error
 
 
-def mask_file(prediction: Prediction | None):
+def mask_file(kept: KeptPrediction | None):
     """The last prediction's colour mask as a lossless PNG, written only when asked for."""
-    if prediction is None:
+    if kept is None:
         raise gr.Error("Segment an image first.")
-    MASKS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in MASKS_DIR.glob("*/neopolyp_mask.png"):  # bounded disk: masks live as long as Gradio's cache
-        if old.stat().st_mtime < time.time() - CACHE_SECONDS:
-            old.unlink(missing_ok=True)
-            old.parent.rmdir()
-    path = save_mask_png(prediction.mask, Path(tempfile.mkdtemp(dir=MASKS_DIR)) / "neopolyp_mask.png")
+    path = OUTPUTS.save("neopolyp_mask", ".png", lambda path: save_mask_png(kept.mask, path, kept.class_colors))
     return gr.File(value=str(path), visible=True)
 
 
@@ -180,7 +178,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     gr.Markdown(NOTICE, elem_id="notice")
     if INFO.synthetic:
         gr.Markdown(SYNTHETIC_NOTICE, elem_id="synthetic-notice")
-    last_prediction = gr.State(None, time_to_live=CACHE_SECONDS)
+    kept_prediction = gr.State(None, time_to_live=CACHE_SECONDS)
     with gr.Row():
         with gr.Column():
             image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
@@ -218,13 +216,13 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     run_button.click(
         predict,
         inputs=[image_input, tta_input, opacity_input],
-        outputs=[overlay_output, percentages_output, lesions_output, uncertainty_output, last_prediction],
+        outputs=[overlay_output, percentages_output, lesions_output, uncertainty_output, kept_prediction],
         api_name="predict",
         preprocess=False,
-    ).then(summary, inputs=last_prediction, outputs=summary_output, api_visibility="private")
-    mask_button.click(mask_file, inputs=last_prediction, outputs=mask_output, api_visibility="private")
+    ).then(summary, inputs=percentages_output, outputs=summary_output, api_visibility="private")
+    mask_button.click(mask_file, inputs=kept_prediction, outputs=mask_output, api_visibility="private")
     opacity_input.release(
-        rerender, inputs=[last_prediction, opacity_input], outputs=overlay_output, api_visibility="private"
+        rerender, inputs=[kept_prediction, opacity_input], outputs=overlay_output, api_visibility="private"
     )
 
 # Two requests at a time: enough to overlap decoding with inference, without thrashing a small CPU.
@@ -232,4 +230,4 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
 demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
 
 if __name__ == "__main__":
-    demo.launch(ssr_mode=False, allowed_paths=[str(OUTPUT_DIR)], max_file_size=MAX_FILE_SIZE)
+    demo.launch(ssr_mode=False, allowed_paths=[str(EXAMPLES_DIR)], max_file_size=MAX_FILE_SIZE)

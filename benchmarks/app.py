@@ -5,7 +5,10 @@
 It launches app.py on a free 127.0.0.1 port with the given model (the app's own backend choice),
 then measures:
 - the median sequential /predict latency after warm-up, and predict() in this process on the same
-  image (the app's backend), and their ratio;
+  image (the app's backend), and their ratio. A request is what the page does: upload the frame,
+  call /predict, read the result stream and fetch both images, over kept-alive connections.
+  gradio_client's latency is printed beside it: it opens a new HTTP client (with a new TLS
+  context, even for http://) for every upload and download, which costs the client CPU time;
 - throughput with `--clients` clients sending `--burst` requests in all;
 - server RSS (the app process and its children) at idle and after each 100 of `--requests`;
 - the growth of the app's temp folders (Gradio's cache and the app's own) after them.
@@ -15,12 +18,16 @@ Every loop is bounded in count and time, and talks only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 from neopolyp_hf.loopback import start_app, stop_app
 from neopolyp_hf.serving import load_segmenter
@@ -43,6 +50,37 @@ def rss_mb(pid: int) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total / 1024
+
+
+class PageClient:
+    """One browser-like client of the app's /predict: kept-alive connections, Gradio's HTTP API."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=120)
+
+    def predict(self, image: Path) -> list:
+        """Upload, call /predict, wait for its result, fetch both images; returns the outputs."""
+        upload = self.http.post("/gradio_api/upload", files=[("files", (image.name, image.read_bytes()))])
+        upload.raise_for_status()
+        payload = {"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}, False, 0.5]}
+        call = self.http.post("/gradio_api/call/predict", json=payload)
+        call.raise_for_status()
+        event, outputs = None, None
+        with self.http.stream("GET", f"/gradio_api/call/predict/{call.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    outputs = json.loads(line[5:])
+                    break
+        if event != "complete":
+            raise RuntimeError(f"/predict ended with {event}: {outputs}")
+        for picture in (outputs[0], outputs[3]):  # the overlay and the uncertainty view
+            fetched = self.http.get(picture["url"])
+            fetched.raise_for_status()
+            if len(fetched.content) < 1000:
+                raise RuntimeError(f"image {picture['url']} came back with {len(fetched.content)} bytes")
+        return outputs
 
 
 def folder_mb(folder: Path) -> float:
@@ -77,37 +115,39 @@ def main() -> None:
         }
         process, url = start_app(ROOT / "app.py", env, timeout=240)
         try:
+            page = PageClient(url)
             client = Client(url, verbose=False)
             payload = handle_file(str(image))
-            client.predict(payload, api_name="/predict")  # warm-up
-            client.predict(payload, api_name="/predict")
+            for _ in range(2):  # warm-up
+                page.predict(image)
+                client.predict(payload, api_name="/predict")
             idle_rss = rss_mb(process.pid)
             base_disk = folder_mb(temp)
 
-            latencies = []
-            for _ in range(args.sequential):
-                t0 = time.perf_counter()
-                client.predict(payload, api_name="/predict")
-                latencies.append(time.perf_counter() - t0)
-            api_ms = 1000 * statistics.median(latencies)
+            def median_ms(call) -> float:
+                times = []
+                for _ in range(args.sequential):
+                    t0 = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t0)
+                return 1000 * statistics.median(times)
+
+            api_ms = median_ms(lambda: page.predict(image))
+            gradio_client_ms = median_ms(lambda: client.predict(payload, api_name="/predict"))
 
             segmenter, info = load_segmenter(args.model)
             segmenter.predict(image)
-            local = []
-            for _ in range(args.sequential):
-                t0 = time.perf_counter()
-                prediction = segmenter.predict(image)
-                prediction.overlay  # the app renders it too  # noqa: B018
-                local.append(time.perf_counter() - t0)
-            local_ms = 1000 * statistics.median(local)
-            del segmenter
+            local_ms = median_ms(lambda: segmenter.predict(image).overlay)  # the app renders the overlay too
+            segmenter = None  # its memory is not the server's
 
-            clients = [Client(url, verbose=False) for _ in range(args.clients)]
+            local = threading.local()  # one kept-alive client per load thread
             errors: list[str] = []
 
-            def call(i: int) -> None:
+            def call(_: int) -> None:
                 try:
-                    clients[i % args.clients].predict(payload, api_name="/predict")
+                    if not hasattr(local, "page"):
+                        local.page = PageClient(url)
+                    local.page.predict(image)
                 except Exception as error:  # counted and reported, never hidden
                     errors.append(f"{type(error).__name__}: {str(error)[:120]}")
 
@@ -134,6 +174,7 @@ def main() -> None:
     print("| figure | value |")
     print("|---|---|")
     print(f"| /predict median latency, sequential ({args.sequential} after warm-up) | {api_ms:.0f} ms |")
+    print(f"| the same through gradio_client (its own per-transfer overhead included) | {gradio_client_ms:.0f} ms |")
     print(f"| predict() in process, same image and backend, overlay included | {local_ms:.0f} ms |")
     print(f"| /predict ÷ predict() | {api_ms / local_ms:.2f}x |")
     print(f"| throughput, {args.clients} clients x {args.burst} requests | {throughput:.2f} req/s |")

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from huggingface_hub import ModelCard
+from PIL import Image
 
 from .errors import ModelSourceError, NeoPolypError
 from .inference import Prediction, Segmenter
+from .masks import overlay_mask
 from .model import NeoPolypUNet
 from .onnx_backend import OnnxSegmenter, export_onnx
+from .preprocessing import DEFAULT_MAX_PIXELS, load_image
 from .source import fetch_model_file
 from .synthetic import SYNTHETIC_DATASET
 
@@ -121,16 +130,76 @@ def percentages_summary(prediction: Prediction) -> dict[str, dict[str, float]]:
     }
 
 
-def percentages_sentences(prediction: Prediction) -> str:
-    """One short sentence per polyp class: its share of the image and of the polyp area."""
-    if not prediction.lesions:
+def percentages_sentences(summary: dict[str, dict[str, float]]) -> str:
+    """One short sentence per polyp class (from `percentages_summary`): its share of the image and
+    of the polyp area."""
+    if not any(shares["percent_of_image"] for shares in summary.values()):
         return "No polyp pixels found."
     lines = []
-    for name in prediction.class_names[1:]:
+    for name, shares in summary.items():
         label = name.replace("_", "-").capitalize()
-        image_share, polyp_share = prediction.percentages[name], prediction.polyp_percentages[name]
-        lines.append(f"- **{label}**: {image_share:.1f}% of the image, {polyp_share:.0f}% of the polyp area")
+        lines.append(
+            f"- **{label}**: {shares['percent_of_image']:.1f}% of the image, "
+            f"{shares['percent_of_polyp_area']:.0f}% of the polyp area"
+        )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class KeptPrediction:
+    """What a session keeps of its last prediction, for the re-blend and the mask download.
+
+    The frame stays in its file and the mask is PNG-compressed: tens of kB per session instead of
+    the frame's megabytes, which matters when every API call opens a session of its own.
+    """
+
+    image_path: str
+    mask_png: bytes
+    class_colors: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(cls, prediction: Prediction, image_path: str) -> KeptPrediction:
+        """Keep `prediction`, made from the image file at `image_path`."""
+        encoded, png = cv2.imencode(".png", prediction.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not encoded:
+            raise ValueError("the mask could not be PNG-encoded")
+        colors = tuple(tuple(int(v) for v in color) for color in prediction.class_colors)
+        return cls(str(image_path), png.tobytes(), colors)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The class-index mask (HxW uint8)."""
+        return cv2.imdecode(np.frombuffer(self.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
+
+    def render_overlay(self, alpha: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """The frame with the class colours blended in at opacity `alpha` (the frame is read again)."""
+        return overlay_mask(load_image(self.image_path, max_pixels=max_pixels), self.mask, self.class_colors, alpha)
+
+
+class OutputStore:
+    """The app's output files in one folder: unique names, written atomically, and at most
+    `max_bytes` in all, however fast requests come (the oldest are deleted first)."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder, self.max_bytes = Path(folder), max_bytes
+        self._files: collections.deque[tuple[Path, int]] = collections.deque()
+        self._bytes = 0
+        self._lock = threading.Lock()  # the app runs two requests at a time
+
+    def save(self, stem: str, suffix: str, write: Callable[[Path], Path]) -> Path:
+        """A new file `<stem>-<unique><suffix>`, written by `write(path)` (which writes atomically)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=self.folder, prefix=f"{stem}-", suffix=suffix)
+        os.close(handle)
+        path = write(Path(name))
+        with self._lock:
+            self._files.append((path, path.stat().st_size))
+            self._bytes += self._files[-1][1]
+            while self._bytes > self.max_bytes and len(self._files) > 1:
+                oldest, size = self._files.popleft()
+                self._bytes -= size
+                oldest.unlink(missing_ok=True)
+        return path
 
 
 LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence", "P(neoplastic)", "uncertain"]

@@ -247,7 +247,8 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             page.click("#make-mask")
             page.locator("#mask-file a").first.wait_for(timeout=30_000)
             source = page.locator("#overlay img").get_attribute("src")
-            assert source and ("image" in source or source.startswith("data:"))
+            assert source and "neopolyp_overlay-" in source and source.endswith(".jpeg")
+            assert page.locator("#overlay img").evaluate("img => img.naturalWidth") > 0  # fetched and decoded
             page.screenshot(path=str(tmp_path / "neopolyp_app.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'neopolyp_app.png'}")
         finally:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from neopolyp_hf import ModelSourceError, NeoPolypUNet
+from neopolyp_hf import ImageLoadError, ModelSourceError, NeoPolypUNet
 from neopolyp_hf.onnx_backend import OnnxSegmenter
-from neopolyp_hf.serving import load_segmenter
+from neopolyp_hf.serving import KeptPrediction, OutputStore, load_segmenter, percentages_sentences
 
 
 def test_auto_backend_on_cpu_is_a_cached_onnx_export(random_model, tmp_path):
@@ -56,3 +56,48 @@ def test_an_onnx_file_serves_with_its_own_precision(random_model, tmp_path):
     os.remove(path)
     with pytest.raises(ModelSourceError, match="m.onnx"):
         load_segmenter(str(path))
+
+
+def test_kept_prediction_is_small_and_renders_the_same_overlay(random_model, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frame = tmp_path / "frame.png"
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(frame)
+    prediction = random_model.predict(frame)
+    prediction.mask[100:200, 50:150] = 2  # some of each class, whatever the untrained model says
+    prediction.mask[:40, :60] = 1
+    kept = KeptPrediction.of(prediction, str(frame))
+    np.testing.assert_array_equal(kept.mask, prediction.mask)
+    assert len(kept.mask_png) < prediction.mask.nbytes / 10  # far below the frame and the mask in memory
+    expected = np.asarray(prediction.render_overlay(0.3))
+    np.testing.assert_array_equal(np.asarray(kept.render_overlay(0.3)), expected)
+    frame.unlink()  # the upload aged out of the cache: a clear error, not a crash
+    with pytest.raises(ImageLoadError, match="does not exist"):
+        kept.render_overlay(0.5)
+
+
+def test_percentages_read_as_sentences():
+    summary = {
+        "neoplastic": {"percent_of_image": 3.25, "percent_of_polyp_area": 65.0},
+        "non_neoplastic": {"percent_of_image": 1.75, "percent_of_polyp_area": 35.0},
+    }
+    assert percentages_sentences(summary) == (
+        "- **Neoplastic**: 3.2% of the image, 65% of the polyp area\n"
+        "- **Non-neoplastic**: 1.8% of the image, 35% of the polyp area"
+    )
+    empty = {name: {"percent_of_image": 0.0, "percent_of_polyp_area": 0.0} for name in summary}
+    assert percentages_sentences(empty) == "No polyp pixels found."
+
+
+def test_output_store_names_each_file_uniquely_and_keeps_under_its_cap(tmp_path):
+    store = OutputStore(tmp_path / "outputs", max_bytes=350)
+
+    def write(path):
+        path.write_bytes(b"x" * 100)
+        return path
+
+    paths = [store.save("neopolyp_overlay", ".jpeg", write) for _ in range(10)]
+    assert len(set(paths)) == 10 and all(p.name.startswith("neopolyp_overlay-") for p in paths)
+    left = sorted((tmp_path / "outputs").iterdir())
+    assert left == sorted(paths[-3:])  # the newest three (300 bytes); the oldest went first
