@@ -8,7 +8,7 @@
     # the one train/train.py command line that trains the default recipe under the CPU budget
     python benchmarks/quality.py --print-command --data-dir D --output-dir O
 
-A recipe is a name from train/recipes.py, optionally with overrides for ablations:
+A recipe is a name from neopolyp_hf/recipes.py, optionally with overrides for ablations:
 `neopolyp:minority_oversampling=1,class_weighted_ce=false`. Each recipe brings its CPU input
 size and epochs (`cpu_image_size`, `cpu_epochs`). Every fold run resumes where it stopped and
 keeps its scores in OUTPUT_DIR/<recipe>/fold<k>/scores.json; the summary goes to
@@ -34,7 +34,6 @@ from neopolyp_hf.evaluation import evaluate_model, select_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_RECIPE = "neopolyp"
 # What the README table shows, per true class where it says <class>.
 COLUMNS = (
     "dice_neoplastic",
@@ -56,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--output-dir", default="runs/quality")
-    parser.add_argument("--recipes", nargs="+", default=["reference", DEFAULT_RECIPE])
+    parser.add_argument("--recipes", nargs="+", default=["reference", recipes.DEFAULT_RECIPE])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--only-folds", type=int, nargs="+", default=None, help="screening: run these folds only")
     parser.add_argument("--epochs", type=int, default=None, help="screening: fewer epochs than the recipe's")
@@ -166,7 +165,7 @@ def print_table(rows: list[dict]) -> None:
 def main(args: argparse.Namespace) -> list[dict]:
     """Print the protocol command, or run and summarize the folds."""
     if args.print_command:
-        print(shlex.join(train_command(DEFAULT_RECIPE, args.data_dir, args.output_dir)))
+        print(shlex.join(train_command(recipes.DEFAULT_RECIPE, args.data_dir, args.output_dir)))
         return []
     samples = find_pairs(args.data_dir)
     strata = build_cache(samples, 32, workers=2, cache_dir=Path(args.output_dir) / "cache").strata

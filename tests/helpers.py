@@ -15,9 +15,10 @@ from neopolyp_hf.loopback import stop_app  # noqa: F401  (re-exported for the te
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str) -> ModuleType:
-    """train/<name>.py as a module (by file path), to call its main() in the test's process."""
-    spec = importlib.util.spec_from_file_location(f"neopolyp_{name}_cli", ROOT / "train" / f"{name}.py")
+def load_script(name: str, folder: str = "train") -> ModuleType:
+    """<folder>/<name>.py (train/ by default) as a module, loaded by file path, to call its
+    functions in the test's process."""
+    spec = importlib.util.spec_from_file_location(f"neopolyp_{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -253,3 +253,16 @@ def test_split_file_last_checkpoint_and_polyp_head_recipe(tmp_path, synthetic_da
         timeout=600,
     )
     assert result.returncode != 0 and "'nope'" in result.stderr
+
+
+def test_the_protocol_command_trains_the_default_recipe_from_scratch_at_its_cpu_budget():
+    from neopolyp_hf import recipes
+
+    quality = load_script("quality", folder="benchmarks")
+    command = quality.train_command(recipes.DEFAULT_RECIPE, "DATA", "OUT")
+    assert command[:2] == ["python", "train/train.py"]
+    args = load_script("train").get_args_parser().parse_args(command[2:])  # a command train.py accepts
+    recipe = recipes.resolve_recipe(args.recipe)
+    assert (args.recipe, args.data_dir, args.output_dir, args.encoder_weights) == ("neopolyp", "DATA", "OUT", "none")
+    assert (args.image_size, args.epochs) == (recipe.cpu_image_size, recipe.cpu_epochs)
+    assert args.checkpoint == "last" and args.val_fraction == 0.2  # the usual validation share

@@ -49,7 +49,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the NeoPolyp U-Net.", add_help=add_help)
     parser.add_argument("--data-dir", required=True, help="competition layout: train/train, train_gt/train_gt")
     parser.add_argument("--output-dir", required=True, help="where best/, last/, metrics.jsonl and plots go")
-    parser.add_argument("--recipe", default="neopolyp", choices=sorted(recipes.RECIPES), help="training recipe")
+    parser.add_argument(
+        "--recipe", default=recipes.DEFAULT_RECIPE, choices=sorted(recipes.RECIPES), help="training recipe"
+    )
     parser.add_argument(
         "--recipe-override",
         action="append",
