@@ -191,7 +191,11 @@ class OutputStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.folder, prefix=f"{stem}-", suffix=suffix)
         os.close(handle)
-        path = write(Path(name))
+        try:
+            path = write(Path(name))
+        except BaseException:
+            Path(name).unlink(missing_ok=True)  # no empty placeholder left behind by a failed write
+            raise
         with self._lock:
             self._files.append((path, path.stat().st_size))
             self._bytes += self._files[-1][1]

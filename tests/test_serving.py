@@ -101,3 +101,10 @@ def test_output_store_names_each_file_uniquely_and_keeps_under_its_cap(tmp_path)
     assert len(set(paths)) == 10 and all(p.name.startswith("neopolyp_overlay-") for p in paths)
     left = sorted((tmp_path / "outputs").iterdir())
     assert left == sorted(paths[-3:])  # the newest three (300 bytes); the oldest went first
+
+    def fail(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.save("neopolyp_overlay", ".jpeg", fail)
+    assert sorted((tmp_path / "outputs").iterdir()) == left  # nothing half-made is left
