@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from neopolyp_hf import NeoPolypUNet, recipes
+from neopolyp_hf import recipes
 from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.data import build_cache, find_pairs, stratified_folds
 from neopolyp_hf.evaluation import evaluate_model, select_samples
+from neopolyp_hf.serving import load_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--only-folds", type=int, nargs="+", default=None, help="screening: run these folds only")
     parser.add_argument("--epochs", type=int, default=None, help="screening: fewer epochs than the recipe's")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input size instead of the recipe's CPU one (e.g. 256 on a GPU)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the training")
     parser.add_argument("--print-command", action="store_true", help="print the CPU protocol's train.py command")
     return parser
@@ -70,8 +74,10 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return name, [o for o in overrides.split(",") if o]
 
 
-def train_command(spec: str, data_dir: str, output_dir: str, epochs: int | None = None) -> list[str]:
-    """The train.py command line for a recipe spec under the CPU protocol."""
+def train_command(
+    spec: str, data_dir: str, output_dir: str, epochs: int | None = None, image_size: int | None = None
+) -> list[str]:
+    """The train.py command line for a recipe spec under the CPU protocol (or another epochs and size)."""
     name, overrides = parse_spec(spec)
     recipe = recipes.resolve_recipe(name, overrides)
     command = [
@@ -84,7 +90,7 @@ def train_command(spec: str, data_dir: str, output_dir: str, epochs: int | None 
         "--recipe",
         name,
         "--image-size",
-        str(recipe.cpu_image_size),
+        str(image_size or recipe.cpu_image_size),
         "--epochs",
         str(epochs or recipe.cpu_epochs),
         "--encoder-weights",
@@ -100,22 +106,34 @@ def train_command(spec: str, data_dir: str, output_dir: str, epochs: int | None 
     return command
 
 
+def check_fold_folder(out: Path, split: dict) -> None:
+    """Refuse a fold folder made for another fold assignment (other data, seed or fold code): its
+    model and scores belong to other held-out images, and reusing them would mix splits in one table."""
+    recorded = out / "fold_split.json"
+    if recorded.is_file() and json.loads(recorded.read_text())["val"] != split["val"]:
+        raise SystemExit(
+            f"error: '{out}' was made for another fold {split['fold']} (its fold_split.json names other "
+            "held-out images); move it aside or use another --output-dir"
+        )
+
+
 def run_fold(spec: str, fold: int, folds: list[list[str]], args: argparse.Namespace) -> dict:
     """Train a recipe on all folds but `fold`, score it on `fold`; resumable, cached in scores.json."""
     out = Path(args.output_dir) / spec.replace(":", "__").replace(",", "_").replace("=", "-") / f"fold{fold}"
-    scores_path = out / "scores.json"
-    if scores_path.is_file():
-        return json.loads(scores_path.read_text())
-    out.mkdir(parents=True, exist_ok=True)
     split = {
         "fold": fold,
         "seed": args.seed,
         "train": sorted(i for k, ids in enumerate(folds) if k != fold for i in ids),
         "val": folds[fold],
     }
+    check_fold_folder(out, split)
+    scores_path = out / "scores.json"
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "fold_split.json", json.dumps(split, indent=1))
     if not (out / "training.done").is_file():
-        command = train_command(spec, args.data_dir, str(out), args.epochs)
+        command = train_command(spec, args.data_dir, str(out), args.epochs, args.image_size)
         command[:2] = [sys.executable, str(ROOT / "train" / "train.py")]
         command += ["--split", str(out / "fold_split.json")]
         command += ["--seed", str(args.seed), "--num-overlays", "0"]
@@ -124,9 +142,16 @@ def run_fold(spec: str, fold: int, folds: list[list[str]], args: argparse.Namesp
         subprocess.run(command, check=True)
         write_text_atomic(out / "training.done", "")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    model = NeoPolypUNet.from_pretrained(out / "best")
+    model, info = load_segmenter(str(out / "best"), backend="torch")  # on a GPU where there is one
     samples = select_samples(args.data_dir, folds[fold])
-    result = {"recipe": spec, "fold": fold, "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1)}
+    result = {
+        "recipe": spec,
+        "fold": fold,
+        "image_size": model.config["input_size"],
+        "epochs": len(history),
+        "device": info.device,
+        "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
+    }
     for tta in (False, True):
         started = time.perf_counter()
         scores = evaluate_model(model, samples, tta=tta)

@@ -266,3 +266,13 @@ def test_the_protocol_command_trains_the_default_recipe_from_scratch_at_its_cpu_
     assert (args.recipe, args.data_dir, args.output_dir, args.encoder_weights) == ("neopolyp", "DATA", "OUT", "none")
     assert (args.image_size, args.epochs) == (recipe.cpu_image_size, recipe.cpu_epochs)
     assert args.checkpoint == "last" and args.val_fraction == 0.2  # the usual validation share
+
+
+def test_fold_runs_refuse_a_folder_made_for_another_fold_assignment(tmp_path):
+    quality = load_script("quality", folder="benchmarks")
+    split = {"fold": 0, "seed": 0, "train": ["b", "c"], "val": ["a"]}
+    quality.check_fold_folder(tmp_path, split)  # a new folder is fine
+    (tmp_path / "fold_split.json").write_text(json.dumps(split))
+    quality.check_fold_folder(tmp_path, split)  # so is its own
+    with pytest.raises(SystemExit, match="another fold 0"):
+        quality.check_fold_folder(tmp_path, {**split, "train": ["a", "c"], "val": ["b"]})
