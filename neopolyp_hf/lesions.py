@@ -92,18 +92,25 @@ def find_lesions(
     `probabilities` is C x H x W at the mask's size, or at the model's size: then each lesion's
     box alone is upsampled (bilinearly), which is far cheaper than upsampling the whole frame.
     """
-    count, labels, stats = label_polyps(mask)
+    polyps = polyp_box(mask)
+    if polyps is None:
+        return []
+    # Labelling touches only the box around the polyps, often a small part of the frame.
+    top, left = polyps[0].start, polyps[1].start
+    inside = mask[polyps]
+    count, labels, stats = label_polyps(inside)
     total = float(mask.size)
     low, high = uncertain_range
     lesions = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
-        box = (slice(y, y + h), slice(x, x + w))  # each region is read inside its own box only
-        region = labels[box] == label
-        classes_in_region = mask[box][region]
+        region = labels[y : y + h, x : x + w] == label  # each region is read inside its own box only
+        classes_in_region = inside[y : y + h, x : x + w][region]
         classes = np.bincount(classes_in_region, minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
+        x, y = x + left, y + top  # frame coordinates from here on
+        box = (slice(y, y + h), slice(x, x + w))
         in_box = (
             probabilities[:, box[0], box[1]]
             if probabilities.shape[1:] == mask.shape

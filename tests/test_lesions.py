@@ -79,3 +79,32 @@ def test_lesions_from_model_resolution_probabilities_match_the_full_size_ones():
     for a, b in zip(from_full, from_low, strict=True):
         assert abs(a.confidence - b.confidence) < 5e-3
         assert abs(a.neoplastic_probability - b.neoplastic_probability) < 5e-3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lesions_on_the_polyp_box_match_the_whole_frame_definition(seed):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((90, 120), np.uint8)
+    for _ in range(rng.integers(1, 6)):  # discs of either class, anywhere, some touching
+        centre = (int(rng.integers(0, 120)), int(rng.integers(0, 90)))
+        cv2.circle(mask, centre, int(rng.integers(2, 20)), int(rng.integers(1, 3)), -1)
+    probabilities = softmax(rng.normal(size=(3, 90, 120)).astype(np.float32), axis=0)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    expected = []
+    for label in range(1, count):
+        region = labels == label
+        majority = 1 if np.count_nonzero(mask[region] == 1) >= np.count_nonzero(mask[region] == 2) else 2
+        own = np.take_along_axis(probabilities, mask[None].astype(np.intp), axis=0)[0][region]
+        share = probabilities[1][region] / (probabilities[1][region] + probabilities[2][region])
+        expected.append(
+            (int(region.sum()), majority, tuple(int(v) for v in stats[label, :4]), own.mean(), share.mean())
+        )
+    found = find_lesions(mask, probabilities, ["background", "neoplastic", "non_neoplastic"])
+    assert len(found) == len(expected) > 0
+    for lesion, (area, majority, bbox, confidence, share) in zip(
+        found, sorted(expected, key=lambda e: -e[0]), strict=True
+    ):
+        assert (lesion.area_px, lesion.class_index, lesion.bbox) == (area, majority, bbox)
+        assert lesion.confidence == pytest.approx(confidence, abs=1e-6)
+        assert lesion.neoplastic_probability == pytest.approx(share, abs=1e-6)
+    assert find_lesions(np.zeros((5, 5), np.uint8), probabilities[:, :5, :5], ["b", "n", "m"]) == []
