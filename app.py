@@ -5,7 +5,8 @@ NEOPOLYP_REVISION, NEOPOLYP_BACKEND (auto|torch|onnx; auto: ONNX Runtime on a CP
 NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE (bytes, 20 MB),
 NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), NEOPOLYP_QUEUE_SIZE
 (requests waiting beyond it get "queue full, try again"; 16), NEOPOLYP_MAX_OUTPUT_MB (the overlays,
-uncertainty views and mask PNGs kept for download, oldest deleted first; 64), and Gradio's
+uncertainty views and mask PNGs kept for download, oldest deleted first; 64), NEOPOLYP_MAX_SESSIONS
+(sessions kept in memory, least recently used dropped first; 200), and Gradio's
 GRADIO_SERVER_NAME / _PORT.
 """
 
@@ -30,11 +31,14 @@ from neopolyp_hf.serving import (
     KeptPrediction,
     OutputStore,
     lesion_rows,
+    limit_malloc_arenas,
     load_segmenter,
     percentages_sentences,
     percentages_summary,
 )
 from neopolyp_hf.synthetic import synthetic_pair
+
+limit_malloc_arenas()  # before the server's threads start: bounded memory under load
 
 DEFAULT_MODEL = "neopolyp/neopolyp"
 MODEL_SOURCE = os.environ.get("NEOPOLYP_MODEL", DEFAULT_MODEL)
@@ -44,6 +48,7 @@ try:
     CACHE_SECONDS = int(os.environ.get("NEOPOLYP_CACHE_SECONDS", 300))
     QUEUE_SIZE = int(os.environ.get("NEOPOLYP_QUEUE_SIZE", 16))
     MAX_OUTPUT_MB = int(os.environ.get("NEOPOLYP_MAX_OUTPUT_MB", 64))
+    MAX_SESSIONS = int(os.environ.get("NEOPOLYP_MAX_SESSIONS", 200))
 except ValueError as error:
     sys.exit(f"NeoPolyp cannot start: a NEOPOLYP_* size or time setting is not a whole number: {error}")
 
@@ -98,7 +103,7 @@ def make_examples(count: int = 3) -> list[str]:
 
 @gpu
 def predict(upload: dict | None, tta: bool, opacity: float):
-    """Segment one upload: overlay, percentages, lesion table and uncertainty view (the /predict API).
+    """Segment one upload: overlay, percentages and lesion table (the /predict API).
 
     The event runs with preprocess=False, so `upload` is Gradio's file payload and the file is
     handed over untouched: the package's loader checks it (format, corruption, size, EXIF,
@@ -113,35 +118,47 @@ def predict(upload: dict | None, tta: bool, opacity: float):
         # Name the upload by its file name, not the server's temporary path.
         message = str(error).replace(image_path, Path(image_path).name)
         raise gr.Error(f"Cannot segment this upload: {message}") from error
-    # Both images go out as JPEG: a few ms each, where PNG took ~350 ms.
+    # The overlay goes out as JPEG: a few ms, where PNG took ~350 ms. The uncertainty view is
+    # rendered only when its tab is open: most requests never show it.
     return (
         save_view(prediction.render_overlay(opacity), "neopolyp_overlay"),
         percentages_summary(prediction),
         lesion_rows(prediction),
-        save_view(prediction.render_uncertainty(), "neopolyp_uncertainty"),
         KeptPrediction.of(prediction, image_path),  # small: every API call is a session of its own
     )
 
 
-def summary(percentages: dict | None) -> str:
-    """The percentages as sentences a person reads at a glance."""
-    return percentages_sentences(percentages) if percentages else ""
+def after_predict(percentages: dict | None, kept: KeptPrediction | None, uncertainty_open: bool):
+    """The page's follow-up: the percentages as sentences, and the uncertainty view if its tab is open."""
+    sentences = percentages_sentences(percentages) if percentages else ""
+    return sentences, show_uncertainty(kept) if uncertainty_open else None
+
+
+def _from_kept(kept: KeptPrediction, render) -> str:
+    try:
+        return render(kept)
+    except ImageLoadError as error:  # the upload has aged out of the cache
+        raise gr.Error("This frame has expired from the server; upload it again.") from error
 
 
 def rerender(kept: KeptPrediction | None, opacity: float):
     """Re-blend the last prediction at a new opacity, without running the model again."""
     if kept is None:
         return None
-    try:
-        return save_view(kept.render_overlay(opacity, MAX_PIXELS), "neopolyp_overlay")
-    except ImageLoadError as error:  # the upload has aged out of the cache
-        raise gr.Error("This frame has expired from the server; upload it again.") from error
+    return _from_kept(kept, lambda k: save_view(k.render_overlay(opacity, MAX_PIXELS), "neopolyp_overlay"))
+
+
+def show_uncertainty(kept: KeptPrediction | None):
+    """The last prediction's uncertainty view, rendered when its tab is opened."""
+    if kept is None:
+        return None
+    return _from_kept(kept, lambda k: save_view(k.render_uncertainty(MAX_PIXELS), "neopolyp_uncertainty"))
 
 
 def mask_file(kept: KeptPrediction | None):
     """The last prediction's colour mask as a lossless PNG, written only when asked for."""
     if kept is None:
-        raise gr.Error("Segment an image first.")
+        raise gr.Error("Segment an image first (a result is kept for a few minutes).")
     path = OUTPUTS.save("neopolyp_mask", ".png", lambda path: save_mask_png(kept.mask, path, kept.class_colors))
     return gr.File(value=str(path), visible=True)
 
@@ -179,6 +196,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     if INFO.synthetic:
         gr.Markdown(SYNTHETIC_NOTICE, elem_id="synthetic-notice")
     kept_prediction = gr.State(None, time_to_live=CACHE_SECONDS)
+    uncertainty_open = gr.State(False)
     with gr.Row():
         with gr.Column():
             image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
@@ -187,9 +205,9 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
             run_button = gr.Button("Segment", variant="primary", elem_id="run")
         with gr.Column():
             with gr.Tabs():
-                with gr.Tab("Segmentation"):
+                with gr.Tab("Segmentation") as segmentation_tab:
                     overlay_output = gr.Image(label="Segmentation overlay", type="filepath", elem_id="overlay")
-                with gr.Tab("Uncertainty"):
+                with gr.Tab("Uncertainty") as uncertainty_tab:
                     uncertainty_output = gr.Image(
                         label="Uncertainty (bright: the model is unsure)",
                         type="filepath",
@@ -216,11 +234,25 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     run_button.click(
         predict,
         inputs=[image_input, tta_input, opacity_input],
-        outputs=[overlay_output, percentages_output, lesions_output, uncertainty_output, kept_prediction],
+        outputs=[overlay_output, percentages_output, lesions_output, kept_prediction],
         api_name="predict",
         preprocess=False,
-    ).then(summary, inputs=percentages_output, outputs=summary_output, api_visibility="private")
-    mask_button.click(mask_file, inputs=kept_prediction, outputs=mask_output, api_visibility="private")
+    ).then(
+        after_predict,
+        inputs=[percentages_output, kept_prediction, uncertainty_open],
+        outputs=[summary_output, uncertainty_output],
+        api_visibility="private",
+    )
+    uncertainty_tab.select(
+        lambda kept: (True, show_uncertainty(kept)),
+        inputs=kept_prediction,
+        outputs=[uncertainty_open, uncertainty_output],
+        api_visibility="private",
+    )
+    segmentation_tab.select(lambda: False, outputs=uncertainty_open, api_visibility="private")
+    mask_button.click(
+        mask_file, inputs=kept_prediction, outputs=mask_output, api_name="mask_file", api_visibility="private"
+    )
     opacity_input.release(
         rerender, inputs=[kept_prediction, opacity_input], outputs=overlay_output, api_visibility="private"
     )
@@ -230,4 +262,11 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
 demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
 
 if __name__ == "__main__":
-    demo.launch(ssr_mode=False, allowed_paths=[str(EXAMPLES_DIR)], max_file_size=MAX_FILE_SIZE)
+    demo.launch(
+        ssr_mode=False,
+        allowed_paths=[str(EXAMPLES_DIR)],
+        max_file_size=MAX_FILE_SIZE,
+        # Gradio keeps every session (a copy of the page's config, ~50 kB, plus its state) until
+        # 10,000 of them, and every API call is a session of its own: memory grew with each request.
+        state_session_capacity=MAX_SESSIONS,
+    )

@@ -50,10 +50,8 @@ class Prediction:
         over the flips, so flips that disagree raise it too (the entropy of a mean is at least
         the mean of the entropies). Computed at the model's resolution, then upsampled.
         """
-        probabilities = np.clip(softmax(self.scores, axis=0), 1e-12, 1.0)
-        entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
         height, width = self.mask.shape
-        return np.clip(_upsample(entropy[None].astype(np.float32), height, width)[0], 0.0, 1.0)
+        return np.clip(_upsample(normalized_entropy(self.scores)[None], height, width)[0], 0.0, 1.0)
 
     @cached_property
     def class_counts(self) -> np.ndarray:
@@ -94,9 +92,28 @@ class Prediction:
 
     def render_uncertainty(self, alpha: float = 0.6) -> Image.Image:
         """The uncertainty as a heat map (dark: sure, bright: unsure) blended over the input."""
-        heat = cv2.applyColorMap(np.round(self.uncertainty * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-        blended = cv2.addWeighted(self.image, 1.0 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0.0)
-        return Image.fromarray(blended)
+        return uncertainty_view(self.image, uncertainty_levels(self.scores), alpha)
+
+
+def normalized_entropy(scores: np.ndarray) -> np.ndarray:
+    """S x S float32 in [0, 1]: the entropy of softmax(scores) over its maximum, log C."""
+    probabilities = np.clip(softmax(scores, axis=0), 1e-12, 1.0)
+    entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
+    return entropy.astype(np.float32)
+
+
+def uncertainty_levels(scores: np.ndarray) -> np.ndarray:
+    """`normalized_entropy` at the model's resolution as uint8 levels (0 sure, 255 an even split):
+    a few kB to keep, enough for the heat map."""
+    return np.round(np.clip(normalized_entropy(scores), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def uncertainty_view(image: np.ndarray, levels: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """Model-resolution uncertainty `levels` as a heat map, upsampled and blended over `image`."""
+    height, width = image.shape[:2]
+    full = cv2.resize(levels, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.cvtColor(cv2.applyColorMap(full, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    return Image.fromarray(cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0))
 
 
 def _upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:

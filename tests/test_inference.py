@@ -77,6 +77,22 @@ def test_uncertainty_is_zero_when_sure_and_highest_at_an_even_split():
     assert probabilities.shape == (3, 4, 6) and np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
 
 
+def test_the_uncertainty_view_is_the_heat_map_of_the_uncertainty():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 2, (3, 8, 8)).astype(np.float32)
+    prediction = Prediction(
+        image=rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+        mask=np.zeros((24, 32), np.uint8),
+        scores=scores,
+        class_names=["background", "neoplastic", "non_neoplastic"],
+        class_colors=[[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+    )
+    view = np.asarray(prediction.render_uncertainty(alpha=1.0), np.int16)  # the heat map alone
+    levels = np.round(prediction.uncertainty * 255).astype(np.uint8)  # upsampled, then quantized
+    heat = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB).astype(np.int16)
+    assert view.shape == (24, 32, 3) and np.abs(view - heat).mean() < 2  # quantized before upsampling: close
+
+
 def test_tta_disagreement_raises_the_uncertainty():
     def flip_sensitive(batch):  # sure of neoplastic on the identity, of non-neoplastic when flipped
         n = batch.shape[0] // 3

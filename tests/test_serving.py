@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -10,7 +11,13 @@ import torch
 
 from neopolyp_hf import ImageLoadError, ModelSourceError, NeoPolypUNet
 from neopolyp_hf.onnx_backend import OnnxSegmenter
-from neopolyp_hf.serving import KeptPrediction, OutputStore, load_segmenter, percentages_sentences
+from neopolyp_hf.serving import (
+    KeptPrediction,
+    OutputStore,
+    limit_malloc_arenas,
+    load_segmenter,
+    percentages_sentences,
+)
 
 
 def test_auto_backend_on_cpu_is_a_cached_onnx_export(random_model, tmp_path):
@@ -58,7 +65,7 @@ def test_an_onnx_file_serves_with_its_own_precision(random_model, tmp_path):
         load_segmenter(str(path))
 
 
-def test_kept_prediction_is_small_and_renders_the_same_overlay(random_model, tmp_path):
+def test_kept_prediction_is_small_and_renders_the_same_overlay_and_uncertainty(random_model, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -69,9 +76,14 @@ def test_kept_prediction_is_small_and_renders_the_same_overlay(random_model, tmp
     prediction.mask[:40, :60] = 1
     kept = KeptPrediction.of(prediction, str(frame))
     np.testing.assert_array_equal(kept.mask, prediction.mask)
-    assert len(kept.mask_png) < prediction.mask.nbytes / 10  # far below the frame and the mask in memory
+    assert len(kept.polyp_png) < prediction.mask.nbytes / 10  # far below the frame and the mask in memory
     expected = np.asarray(prediction.render_overlay(0.3))
     np.testing.assert_array_equal(np.asarray(kept.render_overlay(0.3)), expected)
+    # The uncertainty view, rendered later from what was kept, is the prediction's own.
+    assert len(kept.uncertainty_png) <= random_model.config["input_size"] ** 2 + 1000
+    np.testing.assert_array_equal(np.asarray(kept.render_uncertainty()), np.asarray(prediction.render_uncertainty()))
+    empty = dataclasses.replace(prediction, mask=np.zeros_like(prediction.mask))
+    np.testing.assert_array_equal(KeptPrediction.of(empty, str(frame)).mask, empty.mask)
     frame.unlink()  # the upload aged out of the cache: a clear error, not a crash
     with pytest.raises(ImageLoadError, match="does not exist"):
         kept.render_overlay(0.5)
@@ -108,3 +120,12 @@ def test_output_store_names_each_file_uniquely_and_keeps_under_its_cap(tmp_path)
     with pytest.raises(OSError, match="disk full"):
         store.save("neopolyp_overlay", ".jpeg", fail)
     assert sorted((tmp_path / "outputs").iterdir()) == left  # nothing half-made is left
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch):
+    import platform
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas(2) == (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's own setting wins
+    assert limit_malloc_arenas(2) is False
