@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 
 import albumentations as A
 import cv2
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .classes import NON_NEOPLASTIC
 from .model import head_scores
 
 
@@ -34,6 +37,7 @@ class Recipe:
     crop_size: int = 0  # train on random crops of this size from the cached images (0: whole images)
     head: str = "classes"  # the model's output head, see neopolyp_hf.config.HEADS
     region_loss: str = "dice"  # "dice" | "tversky" (recall-weighted: false negatives cost more)
+    minority_paste: float = 0.0  # chance per training image of pasting a non-neoplastic lesion into it
     # The CPU protocol (from scratch, 2 cores, at most 30 minutes): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
@@ -127,8 +131,48 @@ def reference_augmentations() -> list[A.BasicTransform]:
     ]
 
 
-def train_augmentation(recipe: Recipe) -> A.Compose:
-    """uint8 augmentations applied to the cached, already resized images and masks.
+class MinorityLesionPaste:
+    """Copy-paste: with probability `p`, one non-neoplastic lesion cut from a training image (its
+    pixels inside its own outline) is pasted onto background elsewhere, then `augment` runs.
+
+    The lesions come from the training images only, so nothing of the held-out side leaks in.
+    """
+
+    def __init__(self, augment: A.BaseCompose, images, masks, p: float, min_area: int = 16) -> None:
+        self.augment, self.p, self.rng = augment, p, random.Random(0)
+        self.lesions: list[tuple[np.ndarray, np.ndarray]] = []  # (image crop, region inside it)
+        for image, mask in zip(images, masks, strict=True):
+            lesion = (mask == NON_NEOPLASTIC).astype(np.uint8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(lesion, connectivity=8)
+            for label in range(1, count):
+                x, y, w, h, area = (int(v) for v in stats[label])
+                if area >= min_area:
+                    self.lesions.append((image[y : y + h, x : x + w].copy(), labels[y : y + h, x : x + w] == label))
+
+    def set_random_seed(self, seed: int) -> None:
+        """Seed the paste and the augmentations after it (one stream per data-loader worker)."""
+        self.rng.seed(seed)
+        self.augment.set_random_seed(seed)
+
+    def __call__(self, *, image: np.ndarray, mask: np.ndarray) -> dict:
+        """As an albumentations transform: keyword image and mask in, a dict out."""
+        if self.lesions and self.rng.random() < self.p:
+            crop, region = self.lesions[self.rng.randrange(len(self.lesions))]
+            h, w = region.shape
+            if h < mask.shape[0] and w < mask.shape[1]:
+                for _ in range(5):  # onto background: never over a polyp already there
+                    y, x = self.rng.randrange(mask.shape[0] - h), self.rng.randrange(mask.shape[1] - w)
+                    if not mask[y : y + h, x : x + w][region].any():
+                        image, mask = image.copy(), mask.copy()
+                        image[y : y + h, x : x + w][region] = crop[region]
+                        mask[y : y + h, x : x + w][region] = NON_NEOPLASTIC
+                        break
+        return self.augment(image=image, mask=mask)
+
+
+def train_augmentation(recipe: Recipe, cache=None) -> A.BaseCompose | MinorityLesionPaste:
+    """uint8 augmentations applied to the cached, already resized images and masks; with the
+    recipe's `minority_paste`, lesions of the training `cache` are pasted in first.
 
     Resize and normalization are not here: they come from `neopolyp_hf.preprocessing`,
     the same functions that `predict` uses.
@@ -149,6 +193,8 @@ def train_augmentation(recipe: Recipe) -> A.Compose:
             ),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
         ]
+    if recipe.minority_paste and cache is not None:
+        return MinorityLesionPaste(A.Compose(transforms), cache.images, cache.masks, recipe.minority_paste)
     return A.Compose(transforms)
 
 

@@ -276,3 +276,27 @@ def test_fold_runs_refuse_a_folder_made_for_another_fold_assignment(tmp_path):
     quality.check_fold_folder(tmp_path, split)  # so is its own
     with pytest.raises(SystemExit, match="another fold 0"):
         quality.check_fold_folder(tmp_path, {**split, "train": ["a", "c"], "val": ["b"]})
+
+
+def test_minority_paste_puts_a_training_lesion_onto_background():
+    import numpy as np
+
+    from neopolyp_hf import recipes
+    from neopolyp_hf.data import ResizedCache
+
+    donor_image = np.full((32, 32, 3), 200, np.uint8)
+    donor_mask = np.zeros((32, 32), np.uint8)
+    donor_mask[4:10, 4:10] = 2  # one non-neoplastic lesion, 36 px
+    donor_image[4:10, 4:10] = (10, 250, 10)
+    plain = np.zeros((32, 32, 3), np.uint8)
+    masks = np.stack([donor_mask, np.zeros_like(donor_mask)])
+    cache = ResizedCache(["d", "p"], np.stack([donor_image, plain]), masks, ["non_neoplastic", "background"])
+    recipe = recipes.resolve_recipe("reference", ["minority_paste=1", "strong_augmentation=false"])
+    augment = recipes.train_augmentation(recipe, cache)
+    augment.augment = lambda image, mask: {"image": image, "mask": mask}  # the paste alone
+    out = augment(image=plain, mask=np.zeros((32, 32), np.uint8))
+    assert np.count_nonzero(out["mask"] == 2) == 36 and set(np.unique(out["mask"])) == {0, 2}
+    assert (out["image"][out["mask"] == 2] == (10, 250, 10)).all() and not out["image"][out["mask"] == 0].any()
+    assert not plain.any()  # the input is not changed in place
+    never = recipes.train_augmentation(recipes.resolve_recipe("reference", ["minority_paste=0"]), cache)
+    assert not isinstance(never, recipes.MinorityLesionPaste)

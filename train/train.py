@@ -311,7 +311,7 @@ def main(args: argparse.Namespace) -> dict:
     config = model.config
 
     weights = [recipe.minority_oversampling if holds_minority_class(s) else 1.0 for s in train_cache.strata]
-    augment = recipes.train_augmentation(recipe)
+    augment = recipes.train_augmentation(recipe, train_cache)
     augment.set_random_seed(args.seed)
     train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
     val_set = SegmentationDataset(val_cache, config["mean"], config["std"])
