@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .lesions import Lesion, find_lesions, harmonize_lesions
+from .lesions import Lesion, find_lesions, harmonize_lesions, upsampled_box
 from .masks import overlay_mask
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 
@@ -150,16 +150,47 @@ def scores_to_mask(scores: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Bilinear interpolation is linear, so the argmax of the upsampled scores equals that of the
     upsampled differences to class 0: one channel fewer to resize, and comparisons instead of
-    a full argmax.
+    a full argmax. A pixel can be polyp only where one of its (up to four) source pixels has a
+    positive difference, so only the box around those is upsampled, often a small part of the frame.
     """
-    differences = np.ascontiguousarray((scores[1:] - scores[:1]).transpose(1, 2, 0), dtype=np.float32)
-    full = cv2.resize(differences, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    differences = np.ascontiguousarray(scores[1:] - scores[:1], dtype=np.float32)
+    box = _foreground_box((differences > 0).any(axis=0), height, width)
+    mask = np.zeros((height, width), np.uint8)
+    if box is None:
+        return mask
+    rows, cols = box
+    if (rows.stop - rows.start) * (cols.stop - cols.start) > height * width // 2:
+        full = cv2.resize(differences.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)
+        return _mask_from_differences(full.reshape(height, width, -1))
+    inside = upsampled_box(differences, height, width, box)  # (C-1, h, w)
+    mask[box] = _mask_from_differences(inside.transpose(1, 2, 0))
+    return mask
+
+
+def _foreground_box(candidates: np.ndarray, height: int, width: int) -> tuple[slice, slice] | None:
+    """The full-size rows and columns whose bilinear sources (at the model's size) include a
+    candidate pixel, with a pixel to spare; None without candidates."""
+    rows, cols = np.flatnonzero(candidates.any(axis=1)), np.flatnonzero(candidates.any(axis=0))
+    if rows.size == 0:
+        return None
+
+    def span(first: int, last: int, size: int, full: int) -> slice:
+        # Full pixel y reads source rows floor(s) and floor(s) + 1, s = (y + 0.5) * size / full - 0.5.
+        start = int(np.floor((first - 0.5) * full / size - 0.5)) - 1
+        stop = int(np.ceil((last + 1.5) * full / size - 0.5)) + 1
+        return slice(max(0, start), min(full, stop))
+
+    return span(rows[0], rows[-1], candidates.shape[0], height), span(cols[0], cols[-1], candidates.shape[1], width)
+
+
+def _mask_from_differences(full: np.ndarray) -> np.ndarray:
+    """(h, w, C-1) upsampled differences to class 0 -> (h, w) uint8 class indices."""
     if full.shape[2] == 2:  # the three-class model: two comparisons
         first, second = full[..., 0], full[..., 1]
         mask = np.where(first >= second, np.uint8(1), np.uint8(2))
         mask[(first <= 0) & (second <= 0)] = 0
         return mask
-    with_background = np.concatenate([np.zeros((height, width, 1), np.float32), full], axis=2)
+    with_background = np.concatenate([np.zeros((*full.shape[:2], 1), np.float32), full], axis=2)
     return with_background.argmax(axis=2).astype(np.uint8)
 
 

@@ -21,6 +21,23 @@ def test_mask_is_the_argmax_of_upsampled_scores(classes):
     assert (mask == expected).mean() > 0.999  # float rounding may flip an exact tie, nothing more
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_of_a_small_polyp_is_upsampled_in_its_box_only_and_matches_the_full_resize(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.zeros((3, 32, 32), np.float32)
+    scores[0] = 4.0  # background everywhere, but for a blob or two somewhere
+    for _ in range(rng.integers(1, 3)):
+        y, x = rng.integers(0, 32, 2)
+        scores[int(rng.integers(1, 3)), max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = 8.0
+    scores += rng.normal(0, 0.5, scores.shape).astype(np.float32)
+    height, width = 203, 157  # ratios that are not whole numbers
+    full = cv2.resize(np.ascontiguousarray(scores.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
+    expected = full.argmax(axis=2)
+    mask = scores_to_mask(scores, height, width)
+    assert (expected > 0).any() and (mask == expected).mean() > 0.999
+    assert not scores_to_mask(np.stack([np.ones((8, 8)), -np.ones((8, 8)), -np.ones((8, 8))]), 30, 40).any()
+
+
 def test_flip_tta_undoes_each_flip():
     """A forward that is exactly flip-equivariant gives the same scores with and without TTA."""
     rng = np.random.default_rng(1)
