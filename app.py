@@ -159,7 +159,9 @@ def mask_file(kept: KeptPrediction | None):
     """The last prediction's colour mask as a lossless PNG, written only when asked for."""
     if kept is None:
         raise gr.Error("Segment an image first (a result is kept for a few minutes).")
-    path = OUTPUTS.save("neopolyp_mask", ".png", lambda path: save_mask_png(kept.mask, path, kept.class_colors))
+    path = OUTPUTS.save(
+        "neopolyp_mask", ".png", lambda path: save_mask_png(kept.mask, path, kept.class_colors), plain_name=True
+    )
     return gr.File(value=str(path), visible=True)
 
 

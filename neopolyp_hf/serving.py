@@ -231,15 +231,19 @@ class OutputStore:
         self._bytes = 0
         self._lock = threading.Lock()  # the app runs two requests at a time
 
-    def save(self, stem: str, suffix: str, write: Callable[[Path], Path]) -> Path:
-        """A new file `<stem>-<unique><suffix>`, written by `write(path)` (which writes atomically)."""
+    def save(self, stem: str, suffix: str, write: Callable[[Path], Path], plain_name: bool = False) -> Path:
+        """A new file `<stem>-<unique><suffix>`, written by `write(path)` (which writes atomically);
+        with `plain_name`, `<unique>/<stem><suffix>`: a download then keeps the plain name."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=self.folder, prefix=f"{stem}-", suffix=suffix)
-        os.close(handle)
+        if plain_name:
+            name = str(Path(tempfile.mkdtemp(dir=self.folder, prefix=f"{stem}-")) / f"{stem}{suffix}")
+        else:
+            handle, name = tempfile.mkstemp(dir=self.folder, prefix=f"{stem}-", suffix=suffix)
+            os.close(handle)
         try:
             path = write(Path(name))
         except BaseException:
-            Path(name).unlink(missing_ok=True)  # no empty placeholder left behind by a failed write
+            self._remove(Path(name))  # no empty placeholder left behind by a failed write
             raise
         with self._lock:
             self._files.append((path, path.stat().st_size))
@@ -247,8 +251,13 @@ class OutputStore:
             while self._bytes > self.max_bytes and len(self._files) > 1:
                 oldest, size = self._files.popleft()
                 self._bytes -= size
-                oldest.unlink(missing_ok=True)
+                self._remove(oldest)
         return path
+
+    def _remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        if path.parent != self.folder:  # a plain-named file's own folder
+            path.parent.rmdir()
 
 
 LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence", "P(neoplastic)", "uncertain"]

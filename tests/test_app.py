@@ -243,6 +243,7 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             assert "neopolyp_uncertainty-" in page.locator("#uncertainty img").get_attribute("src")
             page.click("#make-mask")
             page.locator("#mask-file a").first.wait_for(timeout=30_000)
+            assert page.locator("#mask-file a").first.get_attribute("href").endswith("/neopolyp_mask.png")
             source = page.locator("#overlay img").get_attribute("src")
             assert source and "neopolyp_overlay-" in source and source.endswith(".jpeg")
             assert page.locator("#overlay img").evaluate("img => img.naturalWidth") > 0  # fetched and decoded

@@ -120,6 +120,13 @@ def test_output_store_names_each_file_uniquely_and_keeps_under_its_cap(tmp_path)
     with pytest.raises(OSError, match="disk full"):
         store.save("neopolyp_overlay", ".jpeg", fail)
     assert sorted((tmp_path / "outputs").iterdir()) == left  # nothing half-made is left
+    with pytest.raises(OSError, match="disk full"):
+        store.save("neopolyp_mask", ".png", fail, plain_name=True)
+    assert sorted((tmp_path / "outputs").iterdir()) == left  # not even an empty folder
+
+    masks = [store.save("neopolyp_mask", ".png", write, plain_name=True) for _ in range(4)]
+    assert {p.name for p in masks} == {"neopolyp_mask.png"} and len({p.parent for p in masks}) == 4
+    assert sorted((tmp_path / "outputs").iterdir()) == sorted(p.parent for p in masks[-3:])  # folders go too
 
 
 def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch):
