@@ -1,9 +1,11 @@
 #!/bin/bash
-# The GPU fold run, as run on a lent H200 (one `device` call): 3-fold quality at 256 px, from
-# scratch, all fold runs at once on the one GPU, then the CUDA inference timings.
+# The steps of the GPU fold run on a lent H200 (one `device` call; that call ran an uncommitted
+# copy of these steps, which also sent the fold-0 weights back as fp16 parts): 3-fold quality at
+# 256 px, from scratch, all fold runs at once on the one GPU, then the CUDA inference timings.
 #   DATA: a downsized copy (benchmarks/downsize_data.py: the call carries 64 MiB at most)
 #   WHEELS: the packages the GPU image lacks, as cp312 wheels (smp, albumentations, ...)
-#   bash benchmarks/gpu_quality.sh DATA WHEELS OUT [EPOCHS] [RECIPES...]
+#   FRAME (optional): a full-size frame to time; without it gpu_inference.py makes a synthetic one
+#   [FRAME=frame.jpeg] bash benchmarks/gpu_quality.sh DATA WHEELS OUT [EPOCHS] [RECIPES...]
 set -u
 DATA=$1 WHEELS=$2 OUT=$3 EPOCHS=${4:-40}
 shift $(( $# < 4 ? $# : 4 ))
@@ -21,4 +23,5 @@ done
 wait
 grep -h "^{" "$OUT"/logs/*.log
 model=$OUT/neopolyp/fold0/best
-timeout 90 python3 benchmarks/gpu_inference.py --model "$model" --repeats 30 | tee "$OUT/logs/gpu_inference.txt"
+timeout 90 python3 benchmarks/gpu_inference.py --model "$model" ${FRAME:+--image "$FRAME"} --repeats 30 \
+  | tee "$OUT/logs/gpu_inference.txt"

@@ -75,3 +75,23 @@ def test_corrupt_image_in_data_is_named(tmp_path):
     Image.new("RGB", (5, 5)).save(victim)  # readable, but not the mask's size
     with pytest.raises(DataError, match="its mask is"):
         build_cache(find_pairs(root), 32)
+
+
+def test_downsized_copy_keeps_the_layout_and_the_exact_classes(tmp_path, synthetic_data):
+    import cv2
+    from helpers import load_script
+
+    from neopolyp_hf.data import IMAGE_DIR, MASK_DIR, load_pair
+
+    downsize_data = load_script("downsize_data", folder="benchmarks")
+    (tmp_path / IMAGE_DIR).mkdir(parents=True)
+    (tmp_path / MASK_DIR).mkdir(parents=True)
+    samples = find_pairs(synthetic_data)[:4]
+    for sample in samples:
+        downsize_data.downsize(sample, tmp_path, width=64, quality=80)
+    for original, small in zip(samples, find_pairs(tmp_path), strict=True):
+        image, mask = load_pair(original)
+        small_image, small_mask = load_pair(small)
+        assert small.id == original.id and small_image.shape[1] == 64
+        expected = cv2.resize(mask, (64, small_mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(small_mask, expected)  # lossless PNG: no class noise
