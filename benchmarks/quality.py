@@ -29,8 +29,10 @@ import numpy as np
 
 from neopolyp_hf import recipes
 from neopolyp_hf.atomic import write_text_atomic
+from neopolyp_hf.classifier.fusion import fused_logit, sigmoid
 from neopolyp_hf.data import build_cache, find_pairs, stratified_folds
 from neopolyp_hf.evaluation import evaluate_model, select_samples
+from neopolyp_hf.metrics import class_accuracies
 from neopolyp_hf.serving import load_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,13 @@ COLUMNS = (
     "ceiling_dice_non_neoplastic",
     "ceiling_dice_mean",
 )
+# Found-lesion class accuracy per source: the segmenter alone, the classifier alone, the final call.
+LESION_CLASS_COLUMNS = tuple(
+    f"{source}_{metric}"
+    for source in ("segmenter", "classifier", "final")
+    for metric in ("accuracy_neoplastic", "accuracy_non_neoplastic", "balanced_accuracy")
+)
+FUSION_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -152,12 +161,29 @@ def run_fold(spec: str, fold: int, folds: list[list[str]], args: argparse.Namesp
         "device": info.device,
         "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
     }
-    for tta in (False, True):
+    modes = [("plain", False, True), ("tta", True, True)]
+    if model.has_second_stage:  # the same run's segmenter alone: the one-stage figures at the same epochs
+        modes += [("plain_one_stage", False, False), ("tta_one_stage", True, False)]
+        result["second_stage"] = json.loads((out / "second_stage.json").read_text())
+    for mode, tta, second_stage in modes:
         started = time.perf_counter()
-        scores = evaluate_model(model, samples, tta=tta)
-        result["tta" if tta else "plain"] = {**scores, "images": len(samples), "seconds": time.perf_counter() - started}
+        records: list = []
+        scores = evaluate_model(model, samples, tta=tta, second_stage=second_stage, lesion_records=records)
+        result[mode] = {**scores, "images": len(samples), "seconds": time.perf_counter() - started}
+        result[f"{mode}_lesion_records"] = records
     write_text_atomic(scores_path, json.dumps(result, indent=1))
     return result
+
+
+def fusion_sweep(records: list[dict], weights=FUSION_WEIGHTS) -> dict[float, float]:
+    """Found-lesion balanced accuracy of the fused call at each classifier weight (no temperature: it never
+    changes a call)."""
+    sweep = {}
+    for weight in weights:
+        fused = fused_logit([r["segmenter"] for r in records], [r["classifier"] for r in records], weight)
+        scored = [{**r, "fused": float(z)} for r, z in zip(records, fused, strict=True)]
+        sweep[weight] = class_accuracies(scored, lambda r: sigmoid(r["fused"]))["balanced_accuracy"]
+    return sweep
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -165,26 +191,46 @@ def summarize(results: list[dict]) -> list[dict]:
     rows = []
     for spec in dict.fromkeys(r["recipe"] for r in results):
         mine = [r for r in results if r["recipe"] == spec]
-        for mode in ("plain", "tta"):
-            row = {"recipe": spec, "tta": mode == "tta", "folds": [r["fold"] for r in mine]}
+        for mode in ("plain", "tta", "plain_one_stage", "tta_one_stage"):
+            if not all(mode in r for r in mine):
+                continue
+            label = spec + (" (segmenter alone)" if mode.endswith("one_stage") else "")
+            row = {"recipe": label, "tta": mode.startswith("tta"), "folds": [r["fold"] for r in mine]}
             row["train_minutes_mean"] = float(np.mean([r["train_minutes"] for r in mine]))
             for key in mine[0][mode]:
-                values = np.array([r[mode][key] for r in mine], dtype=float)
-                row[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-                row[key].update(min=float(values.min()), max=float(values.max()))
+                row[key] = spread([r[mode][key] for r in mine])
+            if f"{mode}_lesion_records" in mine[0] and not mode.endswith("one_stage") and "second_stage" in mine[0]:
+                sweeps = [fusion_sweep(r[f"{mode}_lesion_records"]) for r in mine]
+                row["fusion_sweep"] = {str(w): spread([s[w] for s in sweeps]) for w in FUSION_WEIGHTS}
             rows.append(row)
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def spread(values) -> dict[str, float]:
+    """Mean, standard deviation (over folds), min and max; NaNs (a class with no call) are left out."""
+    values = np.array(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "min": float(values.min()), "max": float(values.max())}
+
+
+def print_table(rows: list[dict], columns=COLUMNS, minutes: bool = True) -> None:
     """Markdown: mean ± standard deviation over folds."""
-    print("| recipe | TTA | folds | " + " | ".join(COLUMNS) + " | train min |")
-    print("|---|---|---|" + "---|" * len(COLUMNS) + "---|")
+    print("| recipe | TTA | folds | " + " | ".join(columns) + (" | train min |" if minutes else " |"))
+    print("|---|---|---|" + "---|" * len(columns) + ("---|" if minutes else ""))
     for row in rows:
-        cells = " | ".join(f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in COLUMNS)
+        cells = " | ".join(
+            f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" if c in row and row[c]["mean"] == row[c]["mean"] else "–"
+            for c in columns
+        )
         folds = ",".join(map(str, row["folds"]))
         tta = "yes" if row["tta"] else "no"
-        print(f"| {row['recipe']} | {tta} | {folds} | {cells} | {row['train_minutes_mean']:.1f} |")
+        print(
+            f"| {row['recipe']} | {tta} | {folds} | {cells} |"
+            + (f" {row['train_minutes_mean']:.1f} |" if minutes else "")
+        )
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -204,6 +250,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     write_text_atomic(Path(args.output_dir) / "quality_folds.json", json.dumps(rows, indent=1))
     print(f"\n{args.folds} stratified folds (seed {args.seed}), from scratch; full-resolution, left-out fold\n")
     print_table(rows)
+    print("\nFound-lesion class accuracy (predicted lesions over a true polyp), per source\n")
+    print_table(rows, LESION_CLASS_COLUMNS, minutes=False)
+    for row in rows:
+        if "fusion_sweep" in row:
+            cells = ", ".join(f"{w}: {v['mean']:.3f} ± {v['std']:.3f}" for w, v in row["fusion_sweep"].items())
+            print(f"\nfusion weight sweep, balanced accuracy ({row['recipe']}, TTA {row['tta']}): {cells}")
     return rows
 
 

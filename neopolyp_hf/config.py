@@ -15,6 +15,15 @@ KNOWN_ENCODER_WEIGHTS = (None, "imagenet")
 # "classes": one logit per class. "polyp_then_class": a class-agnostic polyp logit, then logits
 # of the polyp classes among polyp pixels (as NeoUNet and BlazeNeo), combined into class scores.
 HEADS = ("classes", "polyp_then_class")
+# The second stage (neopolyp_hf.classifier): its architecture, crop geometry, fusion and calibration.
+LESION_CLASSIFIER_ARCHITECTURES = ("resnet10", "resnet18")
+LESION_CLASSIFIER_DEFAULTS = {
+    "architecture": "resnet10",
+    "crop_size": 128,  # px: the crop's side after resizing
+    "margin": 0.25,  # context on each side, as a share of the lesion box's longer side
+    "fusion_weight": 0.5,  # 0: the segmenter's P(neoplastic | polyp) alone, 1: the classifier's alone
+    "temperature": 1.0,  # the fused log-odds are divided by it (fitted on the run's held-out split)
+}
 
 
 @dataclass(frozen=True)
@@ -32,9 +41,11 @@ class ModelConfig:
     head: str = "classes"
     # A lesion whose mean P(neoplastic) / P(polyp) falls in [low, high] is flagged "uncertain".
     uncertain_range: list[float] = field(default_factory=lambda: [0.35, 0.65])
+    # The second stage's settings (LESION_CLASSIFIER_DEFAULTS' keys), or None for a one-stage model.
+    lesion_classifier: dict[str, Any] | None = None
 
     # Fields added after the first release: a config.json saved before them may omit them.
-    ADDED_FIELDS = ("head", "uncertain_range")
+    ADDED_FIELDS = ("head", "uncertain_range", "lesion_classifier")
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder_name, str) or not self.encoder_name:
@@ -73,6 +84,8 @@ class ModelConfig:
                 f"config field 'uncertain_range' must be [low, high] with 0 <= low <= high <= 1, got {bounds!r}"
             )
         object.__setattr__(self, "uncertain_range", [float(b) for b in bounds])
+        if self.lesion_classifier is not None:
+            object.__setattr__(self, "lesion_classifier", _lesion_classifier_settings(self.lesion_classifier))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], saved: bool = False) -> ModelConfig:
@@ -100,3 +113,26 @@ def _number_triple(name: str, value: Any) -> list[float]:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
         raise ConfigError(f"config field '{name}' must hold finite numbers, got {value!r}")
     return [float(v) for v in value]
+
+
+def _lesion_classifier_settings(value: Any) -> dict[str, Any]:
+    """The second stage's settings, validated field by field; missing ones take their defaults."""
+    name = "config field 'lesion_classifier'"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be an object or null, got {value!r}")
+    unknown = sorted(set(value) - set(LESION_CLASSIFIER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{name} has unknown key(s) {unknown}; known keys are {list(LESION_CLASSIFIER_DEFAULTS)}")
+    settings = {**LESION_CLASSIFIER_DEFAULTS, **value}
+    if settings["architecture"] not in LESION_CLASSIFIER_ARCHITECTURES:
+        raise ConfigError(f"{name}: 'architecture' must be one of {list(LESION_CLASSIFIER_ARCHITECTURES)}")
+    size = settings["crop_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 512:
+        raise ConfigError(f"{name}: 'crop_size' must be an integer in [32, 512], got {size!r}")
+    checks = (("margin", 0.0, 2.0), ("fusion_weight", 0.0, 1.0), ("temperature", 0.05, 20.0))
+    for key, low, high in checks:
+        number = settings[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number <= high:
+            raise ConfigError(f"{name}: '{key}' must be a number in [{low}, {high}], got {number!r}")
+        settings[key] = float(number)
+    return settings

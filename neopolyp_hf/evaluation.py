@@ -8,10 +8,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .classes import CLASS_NAMES
+from .classifier.fusion import expected_calibration_error
 from .data import Sample, find_pairs, load_pair
 from .errors import DataError
 from .inference import Segmenter
-from .metrics import CalibrationAccumulator, DiceAccumulator, LesionAccumulator, LesionCallAccumulator
+from .metrics import (
+    CalibrationAccumulator,
+    DiceAccumulator,
+    LesionAccumulator,
+    LesionCallAccumulator,
+    LesionClassAccumulator,
+)
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -40,22 +47,40 @@ def evaluate_model(
     tta: bool = False,
     lesion_consistency: bool = True,
     reliability: dict | None = None,
+    lesion_records: list | None = None,
+    second_stage: bool = True,
 ) -> dict[str, float]:
     """Pooled per-class and mean Dice, per-image mean Dice and the lesion-level metrics
     (`LesionAccumulator`), the calibration errors and the accuracy of confident lesion calls, at each
-    image's original size. A `reliability` dict is filled with the reliability curves."""
+    image's original size, and the found lesions' class accuracy per source (segmenter, classifier,
+    final call). A `reliability` dict is filled with the reliability curves, a `lesion_records` list
+    with one record per class call; `second_stage` False scores the segmenter's own calls."""
     dice = DiceAccumulator(list(CLASS_NAMES))
     lesions = LesionAccumulator(list(CLASS_NAMES))
     calibration = CalibrationAccumulator(list(CLASS_NAMES))
     calls = LesionCallAccumulator()
+    classes = LesionClassAccumulator()
     for sample in tqdm(samples, desc="evaluate", leave=False):
         image, truth = load_pair(sample)
-        prediction = model.predict(image, tta=tta, lesion_consistency=lesion_consistency)
+        prediction = model.predict(image, tta=tta, lesion_consistency=lesion_consistency, second_stage=second_stage)
         dice.update(prediction.mask, truth)
         lesions.update(prediction.mask, truth)
         calibration.update(prediction.probabilities, truth)
         calls.update(prediction.lesions, prediction.mask, truth)
-    scores = {**dice.compute(), **lesions.compute(), **calibration.compute(), **calls.compute()}
+        classes.update(prediction.lesions, prediction.mask, truth)
+    scores = {**dice.compute(), **lesions.compute(), **calibration.compute(), **calls.compute(), **classes.compute()}
+    scores.update(lesion_calibration(classes.records))
+    if lesion_records is not None:
+        lesion_records.extend(classes.records)
     if reliability is not None:
         reliability.update(calibration.reliability())
     return scores
+
+
+def lesion_calibration(records: list[dict]) -> dict[str, float]:
+    """Lesion-level expected calibration error of the segmenter's P(neoplastic | polyp) and of the final call."""
+    truth = [r["neoplastic"] for r in records]
+    return {
+        "lesion_ece_segmenter": expected_calibration_error([r["segmenter"] for r in records], truth),
+        "lesion_ece_final": expected_calibration_error([r["final"] for r in records], truth),
+    }

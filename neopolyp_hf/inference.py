@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .classifier.stage import ClassifyFn, apply_second_stage
 from .lesions import Lesion, find_lesions, harmonize_lesions, upsampled_box
 from .masks import overlay_mask
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
@@ -29,6 +30,8 @@ class Prediction:
     class_names: list[str]
     class_colors: list[list[int]]
     uncertain_range: tuple[float, float] = (0.35, 0.65)  # a lesion's P(neoplastic) in here is "uncertain"
+    # The lesions as the second stage called them (fused with the segmenter); None: found from the mask.
+    staged_lesions: list[Lesion] | None = field(default=None, repr=False)
 
     @cached_property
     def probabilities(self) -> np.ndarray:
@@ -77,7 +80,10 @@ class Prediction:
 
     @cached_property
     def lesions(self) -> list[Lesion]:
-        """Connected polyp regions: area, majority class, mean confidence, P(neoplastic) and the flag."""
+        """Connected polyp regions: area, class, mean confidence, P(neoplastic | polyp) and the flag
+        (with a second stage, the fused call)."""
+        if self.staged_lesions is not None:
+            return self.staged_lesions
         # Model-resolution probabilities: find_lesions upsamples each lesion's box only.
         return find_lesions(self.mask, softmax(self.scores, axis=0), self.class_names, self.uncertain_range)
 
@@ -202,8 +208,10 @@ def predict_images(
     tta: bool = False,
     lesion_consistency: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    classify: ClassifyFn | None = None,
 ) -> list[Prediction]:
-    """Load, preprocess, run `forward` once on the whole batch, and postprocess each image."""
+    """Load, preprocess, run `forward` once on the whole batch, and postprocess each image; where the
+    config has a `lesion_classifier` and `classify` is given, the second stage calls each lesion's class."""
     rgbs = [load_image(image, max_pixels=max_pixels) for image in images]
     batch = np.stack([preprocess(rgb, config["input_size"], config["mean"], config["std"]).numpy() for rgb in rgbs])
     scores = class_scores(forward, batch, tta=tta)
@@ -212,6 +220,10 @@ def predict_images(
         mask = scores_to_mask(image_scores, rgb.shape[0], rgb.shape[1])
         if lesion_consistency:
             mask = harmonize_lesions(mask)
+        staged = None
+        if classify is not None and config.get("lesion_classifier"):
+            found = find_lesions(mask, softmax(image_scores, axis=0), config["class_names"], config["uncertain_range"])
+            mask, staged = apply_second_stage(classify, rgb, mask, found, config, tta=tta)
         predictions.append(
             Prediction(
                 image=rgb,
@@ -220,16 +232,26 @@ def predict_images(
                 class_names=list(config["class_names"]),
                 class_colors=[list(c) for c in config["class_colors"]],
                 uncertain_range=tuple(config["uncertain_range"]),
+                staged_lesions=staged,
             )
         )
     return predictions
 
 
 class Segmenter:
-    """`predict` and `predict_batch` for a backend that supplies `_forward_numpy` and `_inference_config`."""
+    """`predict` and `predict_batch` for a backend that supplies `_forward_numpy` and `_inference_config`
+    (and `_classify_numpy` for a model with a second stage)."""
 
     def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _classify_numpy(self, crops: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def has_second_stage(self) -> bool:
+        """Whether the model classes each found lesion again from a crop of the original frame."""
+        return bool(self._inference_config.get("lesion_classifier"))
 
     @property
     def _inference_config(self) -> dict[str, Any]:
@@ -242,10 +264,15 @@ class Segmenter:
         tta: bool = False,
         lesion_consistency: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        second_stage: bool = True,
     ) -> Prediction:
-        """Segment one image (path, bytes, PIL image or array) at its original size."""
-        return self.predict_batch([image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels)[0]
+        """Segment one image (path, bytes, PIL image or array) at its original size; `second_stage`
+        False skips the lesion classifier of a two-stage model (the segmenter's own calls)."""
+        return self.predict_batch(
+            [image], tta=tta, lesion_consistency=lesion_consistency, max_pixels=max_pixels, second_stage=second_stage
+        )[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], **kwargs) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageInput], second_stage: bool = True, **kwargs) -> list[Prediction]:
         """Segment several images with one forward call (keyword arguments as `predict`)."""
-        return predict_images(self._forward_numpy, self._inference_config, images, **kwargs)
+        classify = self._classify_numpy if second_stage and self.has_second_stage else None
+        return predict_images(self._forward_numpy, self._inference_config, images, classify=classify, **kwargs)

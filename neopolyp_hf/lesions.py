@@ -24,6 +24,9 @@ class Lesion:
     bbox: tuple[int, int, int, int]  # x, y, width, height
     neoplastic_probability: float  # mean over its pixels of P(neoplastic) / (P(neoplastic) + P(non-neoplastic))
     uncertain: bool  # neoplastic_probability inside the config's uncertain_range
+    # With a second stage, neoplastic_probability is the fused, calibrated value; these are its inputs.
+    segmenter_probability: float | None = None
+    classifier_probability: float | None = None
 
 
 def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -57,6 +60,22 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
     harmonized = mask.copy()
     harmonized[box] = region_class[labels]
     return harmonized
+
+
+def recolor_lesions(mask: np.ndarray, classes: dict[int, int]) -> np.ndarray:
+    """The mask with every pixel of lesion `label` (as `find_lesions` numbers them) in class `classes[label]`."""
+    box = polyp_box(mask)
+    if box is None or not classes:
+        return mask
+    inside = mask[box]
+    count, labels, _ = label_polyps(inside)  # the same box and labelling as find_lesions
+    region_class = np.zeros(count, mask.dtype)
+    for label in range(1, count):
+        region_class[label] = classes.get(label, 0)
+    keep = region_class[labels] == 0  # regions without a new class keep their pixels
+    recolored = mask.copy()
+    recolored[box] = np.where(keep, inside, region_class[labels])
+    return recolored
 
 
 def upsampled_box(maps: np.ndarray, height: int, width: int, box: tuple[slice, slice]) -> np.ndarray:

@@ -203,3 +203,58 @@ class LesionCallAccumulator:
             else nan,
             "uncertain_call_share": 1 - self.confident_calls / self.calls if self.calls else nan,
         }
+
+
+class LesionClassAccumulator:
+    """The class calls of predicted lesions that overlap a true polyp (true class: the majority true
+    polyp class under it), from each source: the segmenter alone, the classifier alone, and the final
+    call (fused and calibrated where there is a second stage). Keeps one record per call."""
+
+    SOURCES = ("segmenter", "classifier", "final")
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+
+    def update(self, lesions: list, mask: np.ndarray, truth: np.ndarray) -> None:
+        """Add one image: its `Prediction.lesions`, the predicted mask they came from, and the truth."""
+        count, labels, _ = label_polyps(mask)
+        votes = region_votes(labels, truth, count, int(max(mask.max(), truth.max(), 2)) + 1)[:, 1:3]
+        for lesion in lesions:
+            if votes[lesion.label].sum() == 0:
+                continue
+            segmenter = lesion.segmenter_probability
+            classifier = lesion.classifier_probability
+            self.records.append(
+                {
+                    "neoplastic": float(votes[lesion.label].argmax() == 0),
+                    "segmenter": float(lesion.neoplastic_probability if segmenter is None else segmenter),
+                    "classifier": float("nan") if classifier is None else float(classifier),
+                    "final": float(lesion.neoplastic_probability),
+                }
+            )
+
+    def compute(self) -> dict[str, float]:
+        """Per source: accuracy on true neoplastic and non-neoplastic lesions, and their mean (balanced)."""
+        result: dict[str, float] = {"lesion_class_calls": len(self.records)}
+        for source in self.SOURCES:
+            result.update(
+                {f"{source}_{k}": v for k, v in class_accuracies(self.records, lambda r, s=source: r[s]).items()}
+            )
+        return result
+
+
+def class_accuracies(records: list[dict], probability) -> dict[str, float]:
+    """Accuracy of the calls `probability(record) >= 0.5` per true class, and balanced."""
+    nan = float("nan")
+    values = np.array([probability(r) for r in records], dtype=float)
+    truth = np.array([r["neoplastic"] for r in records], dtype=float)
+    if len(values) == 0 or np.isnan(values).all():
+        return {"accuracy_neoplastic": nan, "accuracy_non_neoplastic": nan, "balanced_accuracy": nan}
+    called = values >= 0.5
+    neo = float(called[truth == 1].mean()) if (truth == 1).any() else nan
+    non = float((~called[truth == 0]).mean()) if (truth == 0).any() else nan
+    return {
+        "accuracy_neoplastic": neo,
+        "accuracy_non_neoplastic": non,
+        "balanced_accuracy": float(np.nanmean([neo, non])),
+    }

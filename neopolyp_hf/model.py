@@ -14,6 +14,7 @@ from safetensors.torch import load_model
 from torch import nn
 from torch.nn import functional as F
 
+from .classifier.model import LesionClassifier
 from .config import ModelConfig
 from .data import DATASET_ID
 from .errors import ConfigError
@@ -35,7 +36,9 @@ class NeoPolypUNet(
     repo_url=REPO_URL,
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
-    """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp.
+    """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp,
+    and, where the config has `lesion_classifier`, a second stage that classes each found lesion again
+    from a crop of the original frame.
 
     Takes the fields of `ModelConfig` as keyword arguments. `predict(image)` segments one image
     at its original size.
@@ -53,6 +56,9 @@ class NeoPolypUNet(
             )
         except KeyError as error:
             raise ConfigError(f"config field 'encoder_name': unknown encoder {settings.encoder_name!r}") from error
+        # The second stage, where the config has one: its weights live in the same safetensors file.
+        if settings.lesion_classifier is not None:
+            self.lesion_classifier = LesionClassifier(settings.lesion_classifier["architecture"])
         # The weights saved with the model already hold the encoder: loading must never download.
         self._hub_mixin_config = {**settings.to_dict(), "encoder_weights": None}
 

@@ -38,9 +38,29 @@ class Recipe:
     head: str = "classes"  # the model's output head, see neopolyp_hf.config.HEADS
     region_loss: str = "dice"  # "dice" | "tversky" (recall-weighted: false negatives cost more)
     minority_paste: float = 0.0  # chance per training image of pasting a non-neoplastic lesion into it
-    # The CPU protocol (from scratch, 2 cores, at most 30 minutes): input size and epochs.
+    # The CPU protocol (from scratch, 2 cores, at most 40 minutes): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
+    # The second stage (neopolyp_hf.classifier), trained after the segmenter in the same run; 0 epochs: none.
+    classifier_epochs: int = 0
+    classifier_architecture: str = "resnet10"
+    classifier_crop_size: int = 128
+    classifier_margin: float = 0.25
+    classifier_batch_size: int = 32
+    classifier_lr: float = 2e-3
+    fusion_weight: float = 0.5  # the classifier's share of the fused log-odds
+
+    def lesion_classifier_settings(self) -> dict | None:
+        """The model config's `lesion_classifier` for this recipe (temperature 1 until calibrated), or None."""
+        if self.classifier_epochs <= 0:
+            return None
+        return {
+            "architecture": self.classifier_architecture,
+            "crop_size": self.classifier_crop_size,
+            "margin": self.classifier_margin,
+            "fusion_weight": self.fusion_weight,
+            "temperature": 1.0,
+        }
 
 
 REFERENCE = Recipe(
@@ -86,7 +106,17 @@ NEOPOLYP_V2 = replace(
     cpu_image_size=256,
     cpu_epochs=16,
 )
-RECIPES = {recipe.name: recipe for recipe in (REFERENCE, NEOPOLYP_V1, NEOPOLYP_V2)}
+NEOPOLYP_TWO_STAGE = replace(
+    NEOPOLYP_V1,
+    name="neopolyp-2stage",
+    description=(
+        "neopolyp, then a lesion classifier (a narrow ResNet on 128 px crops of the original frame around "
+        "each true lesion, box jitter, balanced sampling) whose P(neoplastic | polyp) is fused with the "
+        "segmenter's by a weighted mean of log-odds and calibrated by a temperature on the held-out split."
+    ),
+    classifier_epochs=20,
+)
+RECIPES = {recipe.name: recipe for recipe in (REFERENCE, NEOPOLYP_V1, NEOPOLYP_V2, NEOPOLYP_TWO_STAGE)}
 DEFAULT_RECIPE = NEOPOLYP_V1.name  # what train.py trains and the CPU protocol runs
 
 

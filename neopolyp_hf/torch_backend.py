@@ -43,3 +43,12 @@ class TorchSegmenter(Segmenter):
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.inference_precision == "bf16"),
         ):
             return self(images).float().cpu().numpy()
+
+    def _classify_numpy(self, crops: np.ndarray) -> np.ndarray:
+        classifier = getattr(self, "lesion_classifier", None)
+        if classifier is None:
+            raise RuntimeError("this model has no lesion classifier (config 'lesion_classifier' is null)")
+        if self.training:
+            self.eval()
+        with torch.inference_mode():
+            return classifier(torch.from_numpy(crops).to(self.device).float()).float().cpu().numpy()

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from neopolyp_hf import ConfigError, DataError, NeoPolypUNet, recipes
 from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
+from neopolyp_hf.classifier.fusion import expected_calibration_error, fit_temperature, fused_logit, sigmoid
+from neopolyp_hf.classifier.training import extract_lesion_patches, train_lesion_classifier
 from neopolyp_hf.data import (
     DATASET_ID,
     SegmentationDataset,
@@ -274,12 +276,77 @@ def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNe
         if weights is not None:
             check_encoder_weights_reachable(args.encoder_name, weights)
         return NeoPolypUNet(
-            encoder_name=args.encoder_name, encoder_weights=weights, input_size=args.image_size, head=recipe.head
+            encoder_name=args.encoder_name,
+            encoder_weights=weights,
+            input_size=args.image_size,
+            head=recipe.head,
+            lesion_classifier=recipe.lesion_classifier_settings(),
         )
     except ConnectionError as error:
         raise SystemExit(f"error: cannot get ImageNet encoder weights: {error}") from error
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from error
+
+
+def train_second_stage(
+    args: argparse.Namespace, recipe: recipes.Recipe, train_samples: list, val_samples: list, out: Path, device
+) -> dict:
+    """Train the lesion classifier on the training split's true lesions (resumable), calibrate the fused
+    call by a temperature on the held-out split, and save both stages into best/. Returns its figures."""
+    started = time.perf_counter()
+    model = NeoPolypUNet.from_pretrained(out / "best")
+    settings = model.config["lesion_classifier"]
+    with tqdm(total=len(train_samples), desc="lesion crops (once)") as bar:
+        patches = extract_lesion_patches(
+            train_samples,
+            settings["crop_size"],
+            settings["margin"],
+            workers=max(1, os.cpu_count() or 1),
+            progress=bar.update,
+        )
+    print(f"lesion classifier: {len(patches.neoplastic)} training lesions, {int(patches.neoplastic.sum())} neoplastic")
+    history = train_lesion_classifier(
+        model.lesion_classifier,
+        patches,
+        crop_size=settings["crop_size"],
+        mean=model.config["mean"],
+        std=model.config["std"],
+        epochs=recipe.classifier_epochs,
+        batch_size=recipe.classifier_batch_size,
+        lr=recipe.classifier_lr,
+        seed=args.seed,
+        num_workers=min(1, args.num_workers),
+        device=device,
+        state_path=out / "classifier_last.pt",
+    )
+    model = model.to("cpu").eval()
+    # The temperature: fitted on the held-out split's found lesions (it never changes a call, only its confidence).
+    records: list = []
+    evaluate_model(model, val_samples, lesion_records=records)
+    truth = [r["neoplastic"] for r in records]
+    logits = fused_logit(
+        [r["segmenter"] for r in records], [r["classifier"] for r in records], settings["fusion_weight"]
+    )
+    temperature = fit_temperature(logits, truth)
+    model._hub_mixin_config["lesion_classifier"]["temperature"] = temperature
+    figures = {
+        "training_lesions": len(patches.neoplastic),
+        "epochs": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "held_out_calls": len(records),
+        "temperature": temperature,
+        "lesion_ece_before": expected_calibration_error(sigmoid(logits), truth),
+        "lesion_ece_after": expected_calibration_error(sigmoid(logits / temperature), truth),
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    kwargs = json.loads((out / "best" / "card_kwargs.json").read_text())
+    kwargs["second_stage"] = {k: v for k, v in figures.items() if k != "minutes"}
+    save_best(model, out, kwargs)
+    print(
+        f"lesion classifier: temperature {temperature:.3f} on {len(records)} held-out calls, lesion ECE "
+        f"{figures['lesion_ece_before']:.3f} -> {figures['lesion_ece_after']:.3f} ({figures['minutes']:.1f} min)"
+    )
+    return figures
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -330,7 +397,8 @@ def main(args: argparse.Namespace) -> dict:
 
     pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
     loss_fn = recipes.build_loss(recipe, pixel_counts).to(accelerator.device)
-    optimizer = recipes.build_optimizer(recipe.optimizer, model.parameters(), lr, recipe.weight_decay)
+    # The segmenter's parameters only: a second stage trains after it, with its own optimizer.
+    optimizer = recipes.build_optimizer(recipe.optimizer, model.unet.parameters(), lr, recipe.weight_decay)
     scheduler = recipes.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
     channels_last = accelerator.device.type == "cuda"
     if channels_last:
@@ -386,6 +454,18 @@ def main(args: argparse.Namespace) -> dict:
             f"{'  *best*' if improved else ''}  ({record['epoch_seconds']:.0f}s)"
         )
     accelerator.end_training()
+
+    if accelerator.is_main_process and recipe.classifier_epochs > 0:
+        val_ids = set(val_cache.ids)
+        state["second_stage"] = train_second_stage(
+            args,
+            recipe,
+            [s for s in samples if s.id in set(train_cache.ids)],
+            [s for s in samples if s.id in val_ids],
+            out,
+            accelerator.device,
+        )
+        write_text_atomic(out / "second_stage.json", json.dumps(state["second_stage"], indent=1))
 
     if accelerator.is_main_process:
         best_dir = out / "best"
