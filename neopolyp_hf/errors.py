@@ -21,3 +21,7 @@ class ImageLoadError(NeoPolypError, ValueError):
 
 class ModelSourceError(NeoPolypError, OSError):
     """A model folder or Hub repo that cannot be loaded; the message names the source."""
+
+
+class VideoLoadError(NeoPolypError, ValueError):
+    """A video that cannot be read (not a video, corrupt, empty, too large or too long), named in the message."""

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .classifier.stage import ClassifyFn, apply_second_stage
 from .lesions import Lesion, find_lesions, harmonize_lesions, upsampled_box
-from .masks import overlay_mask
+from .masks import class_percentages, overlay_mask
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 
 # (N, 3, S, S) float32 normalized images -> (N, C, S, S) float32 logits.
@@ -65,8 +65,7 @@ class Prediction:
     @cached_property
     def percentages(self) -> dict[str, float]:
         """Percentage of all image pixels in each polyp class."""
-        counts = self.class_counts
-        return {name: 100.0 * float(counts[i]) / self.mask.size for i, name in enumerate(self.class_names) if i > 0}
+        return class_percentages(self.mask, self.class_names)
 
     @cached_property
     def polyp_percentages(self) -> dict[str, float]:

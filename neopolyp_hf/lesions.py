@@ -27,6 +27,8 @@ class Lesion:
     # With a second stage, neoplastic_probability is the fused, calibrated value; these are its inputs.
     segmenter_probability: float | None = None
     classifier_probability: float | None = None
+    # In a video, the track the lesion belongs to (its class and probability are then the track's).
+    track_id: int | None = None
 
 
 def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:

@@ -92,3 +92,9 @@ def save_mask_png(classes: np.ndarray, path: str | Path, colors: Colors = CLASS_
     """The colour mask (the competition's colours) as a lossless PNG, written atomically."""
     picture = Image.fromarray(colorize_mask(classes, colors))
     return write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def class_percentages(classes: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Percentage of all pixels in each polyp class (class 0, background, left out)."""
+    # One comparison per class: several times faster than a bincount over a full frame.
+    return {name: 100.0 * np.count_nonzero(classes == i) / classes.size for i, name in enumerate(class_names) if i > 0}

@@ -1,8 +1,11 @@
-"""Segment a folder of images: the competition's submission CSV, and optional lossless PNG masks.
+"""Segment a folder of images (the competition's submission CSV, optional lossless PNG masks), or a video.
 
 python train/predict.py --model PATH_OR_REPO --images DIR --output submission.csv
     [--masks-dir DIR] [--save-probabilities DIR] [--tta] [--batch-size N] [--backend auto|torch|onnx]
     [--precision fp32|bf16|int8] [--sample-submission CSV] [--skip-bad]
+
+python train/predict.py --model PATH_OR_REPO --video IN --output-video OUT.mp4
+    [--timeline timeline.csv] [--tracks tracks.csv] [--save-masks DIR] [--every N] [--no-tracking]
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from tqdm.auto import tqdm
 from neopolyp_hf import ImageLoadError, NeoPolypError, load_image, rle_encode
 from neopolyp_hf.atomic import write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
-from neopolyp_hf.data import IMAGE_SUFFIXES
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.serving import BACKENDS, PRECISIONS, load_segmenter
 
@@ -29,8 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Segment a folder; write the submission CSV.")
     parser.add_argument("--model", required=True, help="model folder, Hub repo id, or an exported .onnx file")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
-    parser.add_argument("--images", required=True, help="folder of .jpeg/.jpg/.png images")
-    parser.add_argument("--output", required=True, help="submission CSV to write (atomically)")
+    parser.add_argument("--images", default=None, help=f"folder of images ({', '.join(IMAGE_EXTENSIONS)})")
+    parser.add_argument("--output", default=None, help="submission CSV to write (atomically), with --images")
     parser.add_argument("--masks-dir", default=None, help="also write colour masks as lossless <id>.png")
     parser.add_argument(
         "--save-probabilities",
@@ -52,16 +54,34 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         help="bf16 (torch): autocast, fast on some CPUs only; int8 (onnx): the model's model_int8.onnx",
     )
+    video = parser.add_argument_group("video (needs the video extra: pip install 'neopolyp-hf[video]')")
+    video.add_argument("--video", default=None, help="a video file to segment instead of --images")
+    video.add_argument("--output-video", default=None, help="the overlaid clip, H.264 MP4")
+    video.add_argument("--timeline", default=None, help="CSV, one row per frame: time, polyp %%, track ids")
+    video.add_argument("--tracks", default=None, help="CSV, one row per track: class, P(neoplastic | polyp), frames")
+    video.add_argument("--save-masks", default=None, metavar="DIR", help="lossless DIR/frame_000000.png per frame")
+    video.add_argument("--every", type=int, default=1, help="run the model on every Nth frame (a slow CPU)")
+    video.add_argument("--no-tracking", action="store_true", help="call every frame on its own (no tracks)")
+    video.add_argument("--max-video-seconds", type=float, default=None, help="refuse longer clips (default: none)")
+    video.add_argument("--preset", default="ultrafast", help="x264 preset of --output-video")
     return parser
+
+
+# What load_image reads, by file extension.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
     """Images of a folder by id (file stem)."""
     if not folder.is_dir():
         raise SystemExit(f"error: image folder '{folder}' does not exist")
-    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+    for path in files:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            print(f"not an image, left out: {path.name} (formats: {', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
     if not images:
-        raise SystemExit(f"error: no {', '.join(IMAGE_SUFFIXES)} images in '{folder}'")
+        raise SystemExit(f"error: no {', '.join(IMAGE_EXTENSIONS)} images in '{folder}'")
     return images
 
 
@@ -95,8 +115,54 @@ def save_probabilities(prediction, path: Path) -> Path:
     return write_atomic(path, write)
 
 
+def predict_video(args: argparse.Namespace) -> dict:
+    """Segment one video: the overlaid clip, timeline, track table and masks that were asked for."""
+    from neopolyp_hf.errors import VideoLoadError
+    from neopolyp_hf.video.pipeline import write_video_outputs
+
+    if not (args.output_video or args.timeline or args.tracks or args.save_masks):
+        raise SystemExit("error: --video needs at least one of --output-video, --timeline, --tracks, --save-masks")
+    if args.every < 1:
+        raise SystemExit("error: --every must be at least 1")
+    try:
+        model, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
+    except NeoPolypError as error:
+        raise SystemExit(f"error: {error}") from error
+    bar = tqdm(desc=f"video ({info.backend}, {info.precision})", unit="frame")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        outputs = write_video_outputs(
+            model,
+            args.video,
+            output_video=args.output_video,
+            timeline=args.timeline,
+            tracks=args.tracks,
+            masks_dir=args.save_masks,
+            tracking=not args.no_tracking,
+            every=args.every,
+            tta=args.tta,
+            preset=args.preset,
+            max_seconds=args.max_video_seconds,
+            progress=progress,
+        )
+    except (VideoLoadError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from error
+    finally:
+        bar.close()
+    print(f"{outputs.frames} frames, {len(outputs.tracks)} tracks: " + ", ".join(map(str, outputs.files.values())))
+    return outputs.files
+
+
 def main(args: argparse.Namespace) -> Path:
-    """Predict every image and write the CSV (and masks); returns the CSV's path."""
+    """Predict every image and write the CSV (and masks); returns the CSV's path (or a video's outputs)."""
+    if args.video:
+        return predict_video(args)
+    if not args.images or not args.output:
+        raise SystemExit("error: give --images DIR and --output CSV, or --video FILE")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
     images = list_images(Path(args.images))

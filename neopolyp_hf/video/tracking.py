@@ -1,0 +1,197 @@
+"""Lesions tracked across frames: matched by mask overlap (an optimal assignment), ended by a scene cut,
+and classed by the evidence of their whole track."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..classes import NEOPLASTIC, NON_NEOPLASTIC
+from ..classifier.fusion import logit, sigmoid
+from ..lesions import Lesion, label_polyps, recolor_lesions
+from ..masks import polyp_box
+
+THUMBNAIL = 32  # px: the side of the grey thumbnail that scene cuts are detected on
+OVERLAP_WIDTH = 160  # px: lesion masks are compared at this width (overlap needs no detail)
+
+
+@dataclass
+class Track:
+    """One lesion over the frames it was seen in."""
+
+    id: int
+    first_frame: int
+    last_frame: int
+    frames_seen: int = 0
+    missed: int = 0
+    largest_area: int = 0
+    evidence: float = 0.0  # sum over frames of weight x log-odds of P(neoplastic | polyp), decayed
+    weight: float = 0.0  # sum of the weights, decayed alike
+    class_index: int = NEOPLASTIC
+    footprint: np.ndarray | None = field(default=None, repr=False)  # its last mask at OVERLAP_WIDTH
+
+    @property
+    def neoplastic_probability(self) -> float:
+        """P(neoplastic | polyp) from the track's evidence: the weighted mean of its frames' log-odds."""
+        return float(sigmoid(self.evidence / self.weight)) if self.weight > 0 else 0.5
+
+
+def scene_thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A small grey thumbnail, normalized to zero mean and unit variance (so brightness changes cancel)."""
+    grey = cv2.cvtColor(cv2.resize(rgb, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    grey = grey.astype(np.float32)
+    return (grey - grey.mean()) / (grey.std() + 1e-3)
+
+
+def is_scene_cut(previous: np.ndarray | None, current: np.ndarray, threshold: float = 0.5) -> bool:
+    """A cut where the thumbnails' correlation falls below `threshold`: a moving camera changes the
+    picture little from one frame to the next, a cut changes all of it."""
+    if previous is None:
+        return False
+    return float((previous * current).mean()) < threshold
+
+
+class LesionTracker:
+    """Gives each lesion a track id and its track's class.
+
+    - **Matching.** The lesions of a frame are matched to the live tracks by the overlap (IoU) of their
+      masks, with an optimal assignment (`scipy.optimize.linear_sum_assignment`); a pair overlapping
+      less than `min_iou` is no match. An unmatched lesion starts a new track.
+    - **Survival.** A track not seen in a frame survives `max_missed` frames, then ends. A scene cut
+      ends every track.
+    - **Class.** A track's P(neoplastic | polyp) is the weighted mean of its frames' log-odds, each
+      frame weighted by the lesion's area and its confidence |2p - 1|, and older frames decaying with a
+      half-life of `half_life` frames. One frame of weight w moves the mean by w / (W + w) of its
+      difference, where W is the track's weight so far: a single odd frame in a long track barely
+      moves it, while a track that keeps saying the other thing turns within about a half-life.
+      The class changes only when the probability leaves the uncertain range on the other side
+      (hysteresis): a track hovering near 0.5 does not flicker between the colours.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        uncertain_range: tuple[float, float] = (0.35, 0.65),
+        min_iou: float = 0.1,
+        max_missed: int = 5,
+        half_life: float = 30.0,
+    ) -> None:
+        self.class_names, self.uncertain_range = list(class_names), tuple(uncertain_range)
+        self.min_iou, self.max_missed = min_iou, max_missed
+        self.decay = 0.5 ** (1.0 / half_life) if half_life > 0 else 1.0
+        self.live: list[Track] = []
+        self.ended: list[Track] = []
+        self.next_id = 1
+        self.previous_thumbnail: np.ndarray | None = None
+        self.scene = 0
+
+    @property
+    def tracks(self) -> list[Track]:
+        """Every track so far, ended or live, by id."""
+        return sorted(self.ended + self.live, key=lambda t: t.id)
+
+    def end_all(self) -> None:
+        """End every live track (a scene cut, or the end of the video)."""
+        self.ended.extend(self.live)
+        self.live = []
+
+    def update(
+        self, frame_index: int, rgb: np.ndarray, mask: np.ndarray, lesions: list[Lesion]
+    ) -> tuple[np.ndarray, list[Lesion], bool]:
+        """Match this frame's lesions to tracks: (the mask with each lesion in its track's class,
+        the lesions with their track id, probability, class and flag, whether this frame is a scene cut)."""
+        thumbnail = scene_thumbnail(rgb)
+        cut = is_scene_cut(self.previous_thumbnail, thumbnail)
+        self.previous_thumbnail = thumbnail
+        if cut:
+            self.end_all()
+            self.scene += 1
+        footprints = lesion_footprints(mask, lesions)
+        matches = self._match(footprints)
+        tracked = []
+        for i, lesion in enumerate(lesions):
+            track = matches.get(i)
+            if track is None:
+                track = Track(self.next_id, frame_index, frame_index)
+                self.next_id += 1
+                self.live.append(track)
+            self._observe(track, frame_index, lesion, footprints[i])
+            tracked.append(self._tracked_lesion(lesion, track))
+        seen = {id(t) for t in self.live if t.last_frame == frame_index}
+        for track in self.live:
+            if id(track) not in seen:
+                track.missed += 1
+        self.ended.extend(t for t in self.live if t.missed > self.max_missed)
+        self.live = [t for t in self.live if t.missed <= self.max_missed]
+        recolored = recolor_lesions(mask, {lesion.label: lesion.class_index for lesion in tracked})
+        return recolored, tracked, cut
+
+    def _match(self, footprints: list[np.ndarray]) -> dict[int, Track]:
+        if not self.live or not footprints:
+            return {}
+        overlap = np.array([[mask_iou(t.footprint, f) for f in footprints] for t in self.live])
+        rows, cols = linear_sum_assignment(-overlap)
+        return {int(c): self.live[int(r)] for r, c in zip(rows, cols, strict=True) if overlap[r, c] >= self.min_iou}
+
+    def _observe(self, track: Track, frame_index: int, lesion: Lesion, footprint: np.ndarray) -> None:
+        p = lesion.neoplastic_probability
+        weight = lesion.area_px * max(abs(2.0 * p - 1.0), 0.02)
+        gap = frame_index - track.last_frame if track.frames_seen else 0
+        fade = self.decay**gap
+        track.evidence = track.evidence * fade + weight * float(logit(p))
+        track.weight = track.weight * fade + weight
+        track.last_frame, track.missed, track.footprint = frame_index, 0, footprint
+        track.frames_seen += 1
+        track.largest_area = max(track.largest_area, lesion.area_px)
+        probability = track.neoplastic_probability
+        low, high = self.uncertain_range
+        if track.frames_seen == 1:
+            track.class_index = NEOPLASTIC if probability >= 0.5 else NON_NEOPLASTIC
+        elif track.class_index == NEOPLASTIC and probability < low:
+            track.class_index = NON_NEOPLASTIC
+        elif track.class_index == NON_NEOPLASTIC and probability > high:
+            track.class_index = NEOPLASTIC
+
+    def _tracked_lesion(self, lesion: Lesion, track: Track) -> Lesion:
+        probability = track.neoplastic_probability
+        low, high = self.uncertain_range
+        return replace(
+            lesion,
+            class_index=track.class_index,
+            class_name=self.class_names[track.class_index],
+            neoplastic_probability=probability,
+            uncertain=bool(low <= probability <= high),
+            track_id=track.id,
+        )
+
+
+def lesion_footprints(mask: np.ndarray, lesions: list[Lesion]) -> list[np.ndarray]:
+    """Each lesion's pixels as a boolean mask at OVERLAP_WIDTH (at least its centre pixel)."""
+    height, width = mask.shape
+    scale = min(1.0, OVERLAP_WIDTH / width)
+    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if not lesions:
+        return []
+    labels = np.zeros(mask.shape, np.int32)
+    box = polyp_box(mask)
+    labels[box] = label_polyps(mask[box])[1]  # the labelling find_lesions numbers lesions by
+    reduced = cv2.resize(labels, (small[1], small[0]), interpolation=cv2.INTER_NEAREST)
+    footprints = []
+    for lesion in lesions:
+        footprint = reduced == lesion.label
+        if not footprint.any():
+            x, y, w, h = lesion.bbox
+            footprint[min(small[0] - 1, int((y + h / 2) * scale)), min(small[1] - 1, int((x + w / 2) * scale))] = True
+        footprints.append(footprint)
+    return footprints
+
+
+def mask_iou(a: np.ndarray | None, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one size (0 where either is missing)."""
+    if a is None or a.shape != b.shape:
+        return 0.0
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
