@@ -6,8 +6,10 @@ NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE
 NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), NEOPOLYP_QUEUE_SIZE
 (requests waiting beyond it get "queue full, try again"; 16), NEOPOLYP_MAX_OUTPUT_MB (the overlays,
 uncertainty views and mask PNGs kept for download, oldest deleted first; 64), NEOPOLYP_MAX_SESSIONS
-(sessions kept in memory, least recently used dropped first; 200), and Gradio's
-GRADIO_SERVER_NAME / _PORT.
+(sessions kept in memory, least recently used dropped first; 200), NEOPOLYP_MAX_VIDEO_SECONDS
+(longer clips are refused before any work; 60), NEOPOLYP_EXAMPLES (a folder of the operator's own
+example frames and clips; without it, synthetic examples are shown with the synthetic demo model
+only), and Gradio's GRADIO_SERVER_NAME / _PORT.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 from gradio.utils import get_upload_folder
 from PIL import Image
 
 from neopolyp_hf import ImageLoadError, ModelSourceError
 from neopolyp_hf.atomic import write_atomic
+from neopolyp_hf.errors import VideoLoadError
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving import (
@@ -37,6 +41,9 @@ from neopolyp_hf.serving import (
     percentages_summary,
 )
 from neopolyp_hf.synthetic import synthetic_pair
+from neopolyp_hf.video.io import probe_video
+from neopolyp_hf.video.live import LiveSegmenter
+from neopolyp_hf.video.pipeline import TRACK_HEADERS, write_video_outputs
 
 limit_malloc_arenas()  # before the server's threads start: bounded memory under load
 
@@ -49,6 +56,7 @@ try:
     QUEUE_SIZE = int(os.environ.get("NEOPOLYP_QUEUE_SIZE", 16))
     MAX_OUTPUT_MB = int(os.environ.get("NEOPOLYP_MAX_OUTPUT_MB", 64))
     MAX_SESSIONS = int(os.environ.get("NEOPOLYP_MAX_SESSIONS", 200))
+    MAX_VIDEO_SECONDS = float(os.environ.get("NEOPOLYP_MAX_VIDEO_SECONDS", 60))
 except ValueError as error:
     sys.exit(f"NeoPolyp cannot start: a NEOPOLYP_* size or time setting is not a whole number: {error}")
 
@@ -89,6 +97,19 @@ def save_view(image: Image.Image, name: str) -> str:
     return str(OUTPUTS.save(name, ".jpeg", write))
 
 
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv")
+OPERATOR_EXAMPLES = os.environ.get("NEOPOLYP_EXAMPLES")
+
+
+def operator_examples(suffixes: tuple[str, ...]) -> list[str]:
+    """The operator's own examples (NEOPOLYP_EXAMPLES) with these file suffixes."""
+    folder = Path(OPERATOR_EXAMPLES)
+    if not folder.is_dir():
+        sys.exit(f"NeoPolyp cannot start: NEOPOLYP_EXAMPLES '{folder}' is not a folder")
+    return [str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes]
+
+
 def make_examples(count: int = 3) -> list[str]:
     """A few synthetic frames, made at start-up: no real patient image ships with the app."""
     EXAMPLES_DIR.mkdir(parents=True, exist_ok=True)
@@ -99,6 +120,16 @@ def make_examples(count: int = 3) -> list[str]:
         paths.append(str(EXAMPLES_DIR / f"synthetic_{i}.png"))
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+# Synthetic examples mean something only beside the synthetic demo model; an operator may show their own.
+if OPERATOR_EXAMPLES:
+    IMAGE_EXAMPLES, VIDEO_EXAMPLES = operator_examples(IMAGE_SUFFIXES), operator_examples(VIDEO_SUFFIXES)
+    EXAMPLES_LABEL = "Examples"
+elif INFO.synthetic:
+    IMAGE_EXAMPLES, VIDEO_EXAMPLES, EXAMPLES_LABEL = make_examples(), [], "Synthetic examples"
+else:
+    IMAGE_EXAMPLES, VIDEO_EXAMPLES, EXAMPLES_LABEL = [], [], "Examples"
 
 
 @gpu
@@ -165,6 +196,60 @@ def mask_file(kept: KeptPrediction | None):
     return gr.File(value=str(path), visible=True)
 
 
+def video_path(upload) -> str:
+    """The uploaded file's path from the Video component's payload (the event runs with preprocess=False)."""
+    if isinstance(upload, dict):
+        upload = (upload.get("video") or upload).get("path")
+    if not upload:
+        raise gr.Error("Upload a video first.")
+    return str(upload)
+
+
+@gpu
+def predict_video(upload, progress=gr.Progress()):
+    """Segment a clip with lesion tracking: the overlaid MP4, the timeline plot and the track table
+    (the /predict_video API). Length and frame size are checked before any frame is decoded."""
+    path = video_path(upload)
+    runs = []
+
+    def write(out: Path) -> Path:
+        runs.append(
+            write_video_outputs(
+                MODEL,
+                path,
+                output_video=out,
+                max_pixels=MAX_PIXELS,
+                max_seconds=MAX_VIDEO_SECONDS,
+                progress=lambda done, total: progress((done, total), unit="frames"),
+            )
+        )
+        return runs[-1].files["video"]
+
+    try:
+        probe_video(path, MAX_PIXELS, MAX_VIDEO_SECONDS)
+        clip = OUTPUTS.save("neopolyp_video", ".mp4", write)
+    except (VideoLoadError, ValueError) as error:
+        raise gr.Error(f"Cannot segment this video: {str(error).replace(path, Path(path).name)}") from error
+    rows = runs[-1].timeline
+    timeline = pd.DataFrame(
+        [(float(r[1]), float(r[2]), "neoplastic") for r in rows]
+        + [(float(r[1]), float(r[3]), "non-neoplastic") for r in rows],
+        columns=["time (s)", "polyp pixels (% of frame)", "class"],
+    )
+    return str(clip), timeline, runs[-1].tracks
+
+
+def camera_frame(frame: np.ndarray | None, live: LiveSegmenter | None):
+    """One webcam frame: its overlay with tracking, or no update where the model is still busy."""
+    if frame is None:
+        return gr.skip(), live
+    live = live or LiveSegmenter(MODEL)
+    result = live.segment(frame)
+    if result is None:  # dropped: the newest frame wins, so lag never grows
+        return gr.skip(), live
+    return result[0], live
+
+
 def legend_html() -> str:
     """Colour legend from the model's own config."""
     items = [
@@ -199,33 +284,65 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         gr.Markdown(SYNTHETIC_NOTICE, elem_id="synthetic-notice")
     kept_prediction = gr.State(None, time_to_live=CACHE_SECONDS)
     uncertainty_open = gr.State(False)
-    with gr.Row():
-        with gr.Column():
-            image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
-            tta_input = gr.Checkbox(label="Flip test-time augmentation (3x slower, steadier)", value=False)
-            opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
-            run_button = gr.Button("Segment", variant="primary", elem_id="run")
-        with gr.Column():
-            with gr.Tabs():
-                with gr.Tab("Segmentation") as segmentation_tab:
-                    overlay_output = gr.Image(label="Segmentation overlay", type="filepath", elem_id="overlay")
-                with gr.Tab("Uncertainty") as uncertainty_tab:
-                    uncertainty_output = gr.Image(
-                        label="Uncertainty (bright: the model is unsure)",
-                        type="filepath",
-                        elem_id="uncertainty",
-                    )
-                    gr.Markdown(UNCERTAINTY_HELP)
-            gr.HTML(legend_html())
-            summary_output = gr.Markdown(elem_id="summary")
-            # The API's JSON of the same numbers; people read the sentences above.
-            percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages", visible=False)
-            mask_button = gr.Button("Make the mask PNG (lossless)", elem_id="make-mask")
-            mask_output = gr.File(label="Mask (PNG)", visible=False, elem_id="mask-file")
-    lesions_output = gr.Dataframe(
-        headers=LESION_HEADERS, label="Lesions (connected polyp regions)", elem_id="lesions", interactive=False
-    )
-    gr.Examples(make_examples(), inputs=image_input, label="Synthetic examples")
+    with gr.Tab("Image"):
+        with gr.Row():
+            with gr.Column():
+                image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
+                tta_input = gr.Checkbox(label="Flip test-time augmentation (3x slower, steadier)", value=False)
+                opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                run_button = gr.Button("Segment", variant="primary", elem_id="run")
+            with gr.Column():
+                with gr.Tabs():
+                    with gr.Tab("Segmentation") as segmentation_tab:
+                        overlay_output = gr.Image(label="Segmentation overlay", type="filepath", elem_id="overlay")
+                    with gr.Tab("Uncertainty") as uncertainty_tab:
+                        uncertainty_output = gr.Image(
+                            label="Uncertainty (bright: the model is unsure)",
+                            type="filepath",
+                            elem_id="uncertainty",
+                        )
+                        gr.Markdown(UNCERTAINTY_HELP)
+                gr.HTML(legend_html())
+                summary_output = gr.Markdown(elem_id="summary")
+                # The API's JSON of the same numbers; people read the sentences above.
+                percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages", visible=False)
+                mask_button = gr.Button("Make the mask PNG (lossless)", elem_id="make-mask")
+                mask_output = gr.File(label="Mask (PNG)", visible=False, elem_id="mask-file")
+        lesions_output = gr.Dataframe(
+            headers=LESION_HEADERS, label="Lesions (connected polyp regions)", elem_id="lesions", interactive=False
+        )
+        if IMAGE_EXAMPLES:
+            gr.Examples(IMAGE_EXAMPLES, inputs=image_input, label=EXAMPLES_LABEL)
+    with gr.Tab("Video"):
+        gr.Markdown(
+            f"Upload a clip of up to {MAX_VIDEO_SECONDS:g} s. Lesions are tracked across frames, and each "
+            "keeps one class over its track, decided from all the frames it was seen in."
+        )
+        with gr.Row():
+            with gr.Column():
+                video_input = gr.Video(label="Colonoscopy clip", sources=["upload"], elem_id="video-input")
+                video_button = gr.Button("Segment the clip", variant="primary", elem_id="run-video")
+            with gr.Column():
+                video_output = gr.Video(label="Overlaid clip", elem_id="video-output")
+        timeline_output = gr.LinePlot(
+            x="time (s)",
+            y="polyp pixels (% of frame)",
+            color="class",
+            label="Polyp pixels over time",
+            elem_id="timeline",
+        )
+        tracks_output = gr.Dataframe(headers=TRACK_HEADERS, label="Tracks", elem_id="tracks", interactive=False)
+        if VIDEO_EXAMPLES:
+            gr.Examples(VIDEO_EXAMPLES, inputs=video_input, label=EXAMPLES_LABEL)
+    with gr.Tab("Camera"):
+        gr.Markdown(
+            "Stream your camera: each frame comes back overlaid, with lesions tracked. Frames that arrive "
+            "while the model is busy are dropped, so the picture never lags further behind."
+        )
+        live_state = gr.State(None, time_to_live=CACHE_SECONDS)
+        with gr.Row():
+            camera_input = gr.Image(label="Camera", sources=["webcam"], type="numpy", elem_id="camera-input")
+            camera_output = gr.Image(label="Live overlay", elem_id="camera-output")
     gr.Markdown(
         f"Model: `{INFO.source}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "
         f"({INFO.precision}) · input {MODEL.config['input_size']} px, "
@@ -252,6 +369,23 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         api_visibility="private",
     )
     segmentation_tab.select(lambda: False, outputs=uncertainty_open, api_visibility="private")
+    video_button.click(
+        predict_video,
+        inputs=video_input,
+        outputs=[video_output, timeline_output, tracks_output],
+        api_name="predict_video",
+        preprocess=False,
+    )
+    camera_input.stream(
+        camera_frame,
+        inputs=[camera_input, live_state],
+        outputs=[camera_output, live_state],
+        stream_every=0.1,
+        time_limit=300,
+        concurrency_limit=2,
+        trigger_mode="always_last",
+        api_visibility="private",
+    )
     mask_button.click(
         mask_file, inputs=kept_prediction, outputs=mask_output, api_name="mask_file", api_visibility="private"
     )
@@ -266,7 +400,7 @@ demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
 if __name__ == "__main__":
     demo.launch(
         ssr_mode=False,
-        allowed_paths=[str(EXAMPLES_DIR)],
+        allowed_paths=[str(EXAMPLES_DIR)] + ([OPERATOR_EXAMPLES] if OPERATOR_EXAMPLES else []),
         max_file_size=MAX_FILE_SIZE,
         # Gradio keeps every session (a copy of the page's config, ~50 kB, plus its state) until
         # 10,000 of them, and every API call is a session of its own: memory grew with each request.

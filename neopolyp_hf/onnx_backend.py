@@ -51,7 +51,9 @@ def classifier_graph_path(path: str | Path) -> Path:
 
 
 class _ScoresOnly(torch.nn.Module):
-    """The model's class scores as a plain graph (no Python branch on head_outputs to trace)."""
+    """The model's class scores as a plain graph (no Python branch on head_outputs to trace).
+    Made in eval mode: the exporter restores each module's mode afterwards, and a wrapper left in
+    training mode would put the whole model back into it."""
 
     def __init__(self, model: NeoPolypUNet) -> None:
         super().__init__()
@@ -99,7 +101,7 @@ def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = 17) -> Path:
             opset,
         )
     return _export_graph(
-        _ScoresOnly(model), torch.zeros(1, 3, size, size), ("images", "logits"), model.config, path, opset
+        _ScoresOnly(model).eval(), torch.zeros(1, 3, size, size), ("images", "logits"), model.config, path, opset
     )
 
 

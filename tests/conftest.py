@@ -49,7 +49,8 @@ def random_model():
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, synthetic_data) -> Path:
-    """A model trained briefly on synthetic data with train/train.py (best/ folder)."""
+    """A two-stage model (segmenter and lesion classifier) trained briefly on synthetic data with
+    train/train.py (best/ folder): the app, ONNX and video tests all run the full model."""
     from helpers import load_script
 
     train_script = load_script("train")
@@ -73,7 +74,28 @@ def trained_model_dir(tmp_path_factory, synthetic_data) -> Path:
             "2",
             "--seed",
             "0",
+            "--recipe",
+            "neopolyp-2stage",
+            "--recipe-override",
+            "classifier_epochs=3",
         ]
     )
     train_script.main(args)
     return out
+
+
+@pytest.fixture(scope="session")
+def clip_scenes(synthetic_data):
+    """Two synthetic (frame, true mask) scenes for test clips."""
+    from neopolyp_hf.data import find_pairs, load_pair
+
+    return [load_pair(sample) for sample in find_pairs(synthetic_data)[:2]]
+
+
+@pytest.fixture(scope="session")
+def small_clip(tmp_path_factory, clip_scenes) -> Path:
+    """A 16-frame H.264 clip at 160x120 (two scenes of a moving camera, one cut), made once."""
+    from neopolyp_hf.video.clips import clip_frames, write_clip
+
+    frames = [frame for _, frame, _ in clip_frames(clip_scenes, 8, (160, 120))]
+    return write_clip(tmp_path_factory.mktemp("clips") / "small.mp4", frames, fps=8.0)
