@@ -62,7 +62,7 @@ def _open(path: str | os.PathLike):
         raise VideoLoadError(f"'{name}' is not a readable video: {error}") from error
     if not container.streams.video:
         container.close()
-        raise VideoLoadError(f"'{name}' has no video stream")
+        raise VideoLoadError(f"'{name}' has no video stream: no frames to segment")
     return container
 
 

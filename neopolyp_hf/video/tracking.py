@@ -43,13 +43,16 @@ def scene_thumbnail(rgb: np.ndarray) -> np.ndarray:
     """A small grey thumbnail, normalized to zero mean and unit variance (so brightness changes cancel)."""
     grey = cv2.cvtColor(cv2.resize(rgb, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
     grey = grey.astype(np.float32)
-    return (grey - grey.mean()) / (grey.std() + 1e-3)
+    spread = grey.std()
+    return (grey - grey.mean()) / spread if spread > 0.5 else np.zeros_like(grey)  # flat: all zero
 
 
 def is_scene_cut(previous: np.ndarray | None, current: np.ndarray, threshold: float = 0.5) -> bool:
     """A cut where the thumbnails' correlation falls below `threshold`: a moving camera changes the
     picture little from one frame to the next, a cut changes all of it."""
     if previous is None:
+        return False
+    if not previous.any() and not current.any():  # two flat frames (black, say): the same picture
         return False
     return float((previous * current).mean()) < threshold
 

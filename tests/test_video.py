@@ -1,0 +1,236 @@
+"""Video: decoding every common format, clear errors for bad clips, tracking, the pipeline and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT
+from PIL import Image
+
+from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.classes import CLASS_COLORS, CLASS_NAMES, NEOPLASTIC, NON_NEOPLASTIC
+from neopolyp_hf.errors import VideoLoadError
+from neopolyp_hf.lesions import Lesion, find_lesions
+from neopolyp_hf.masks import decode_mask
+from neopolyp_hf.video.clips import clip_frames, write_clip
+from neopolyp_hf.video.io import VideoWriter, probe_video, read_frames
+from neopolyp_hf.video.pipeline import TIMELINE_HEADERS, TRACK_HEADERS, segment_video, write_video_outputs
+from neopolyp_hf.video.tracking import LesionTracker, is_scene_cut, scene_thumbnail
+
+
+@pytest.fixture(scope="module")
+def frames(clip_scenes):
+    return [frame for _, frame, _ in clip_frames(clip_scenes, 6, (160, 120))]
+
+
+@pytest.mark.parametrize(
+    "name, codec, options",
+    [
+        ("clip.webm", "vp9", {}),
+        ("clip.av1.mp4", "av1", {}),
+        ("clip.avi", "mjpeg", {}),
+        ("audio.mp4", "h264", {"audio": True}),
+        ("vfr.mp4", "h264", {"variable_rate": True}),
+    ],
+)
+def test_common_formats_decode_frame_by_frame(frames, tmp_path, name, codec, options):
+    path = write_clip(tmp_path / name, frames, fps=10.0, **options)
+    info = probe_video(path)
+    assert (info.width, info.height) == (160, 120) and codec in info.codec.replace("libdav1d", "av1")
+    decoded = list(read_frames(path))
+    assert len(decoded) == len(frames)  # the audio track is dropped, not decoded as frames
+    assert np.abs(decoded[3].rgb.astype(int) - frames[3].astype(int)).mean() < 12  # lossy, but the same picture
+    times = [f.time for f in decoded]
+    assert times == sorted(times) and times[0] == 0.0
+    if options.get("variable_rate"):
+        gaps = np.round(np.diff(times), 3)
+        assert set(gaps.tolist()) == {0.1, 0.2}  # variable frame rate: the times are the frames' own
+
+
+def test_bad_videos_get_errors_that_name_the_problem(frames, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(VideoLoadError, match="'notes.mp4' is not a readable video"):
+        probe_video(text)
+    good = write_clip(tmp_path / "good.mp4", frames, fps=10.0)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(VideoLoadError, match="truncated.mp4"):
+        list(read_frames(truncated))
+    with pytest.raises(VideoLoadError, match="over the limit of 10,000 pixels"):
+        probe_video(good, max_pixels=10_000)
+    with pytest.raises(VideoLoadError, match="lasts 1.2 s, over the limit of 1 s"):
+        probe_video(good, max_seconds=1)
+    with pytest.raises(VideoLoadError, match="does not exist"):
+        probe_video(tmp_path / "missing.mp4")
+
+
+def test_a_clip_without_frames_is_refused(tmp_path):
+    import av
+
+    path = tmp_path / "empty.mp4"
+    with av.open(str(path), mode="w") as container:  # a header, and not one frame
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
+    with pytest.raises(VideoLoadError, match="'empty.mp4' has no video stream: no frames to segment"):
+        list(read_frames(path))
+
+
+def test_the_writer_makes_browser_h264_atomically(frames, tmp_path):
+    import av
+
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, fps=10.0) as writer:
+        for frame in frames:
+            writer.write(frame[:119, :159])  # odd sizes lose a row and a column
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (158, 118)
+    failing = tmp_path / "failing.mp4"
+    with pytest.raises(RuntimeError), VideoWriter(failing, fps=10.0) as writer:
+        writer.write(frames[0])
+        raise RuntimeError("stopped half way")
+    assert not failing.exists() and not list(tmp_path.glob(".failing.mp4*"))  # nothing half-written
+
+
+def lesion(label, area, p, bbox=(0, 0, 1, 1)) -> Lesion:
+    return Lesion(label, area, 1.0, NEOPLASTIC, "neoplastic", 0.9, bbox, p, False)
+
+
+def square_mask(x: int, y: int, size: int = 20, shape=(120, 160), cls: int = NEOPLASTIC) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[y : y + size, x : x + size] = cls
+    return mask
+
+
+def test_tracks_follow_a_moving_lesion_survive_missed_frames_and_end_at_a_cut():
+    rng = np.random.default_rng(0)
+    scene = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
+    tracker = LesionTracker(list(CLASS_NAMES), max_missed=2)
+    ids = []
+    for i in range(6):
+        mask = square_mask(20 + 3 * i, 30) if i != 3 else np.zeros((120, 160), np.uint8)  # frame 3: missed
+        found = find_lesions(mask, np.full((3, 120, 160), 1 / 3, np.float32), list(CLASS_NAMES))
+        _, tracked, cut = tracker.update(i, scene, mask, found)
+        assert not cut
+        ids.append([t.track_id for t in tracked])
+    assert ids == [[1], [1], [1], [], [1], [1]]  # one id throughout, across the missed frame
+    other = 255 - scene  # a different picture: a scene cut
+    mask = square_mask(35, 30)
+    found = find_lesions(mask, np.full((3, 120, 160), 1 / 3, np.float32), list(CLASS_NAMES))
+    _, tracked, cut = tracker.update(6, other, mask, found)
+    assert cut and tracked[0].track_id == 2  # the cut ended track 1, though the lesion overlaps it
+    assert [t.id for t in tracker.tracks] == [1, 2]
+    brighter = np.clip(scene.astype(int) * 1.2, 0, 255).astype(np.uint8)
+    assert not is_scene_cut(scene_thumbnail(scene), scene_thumbnail(brighter))  # breathing light is no cut
+
+
+def test_a_track_keeps_its_class_against_single_frames_and_turns_on_steady_evidence():
+    frame = np.zeros((120, 160, 3), np.uint8)
+    tracker = LesionTracker(list(CLASS_NAMES), half_life=10)
+    mask = square_mask(40, 40)
+    classes = []
+    # A neoplastic lesion whose frames waver, then a long run that says non-neoplastic.
+    evidence = [0.8, 0.3, 0.8, 0.4, 0.7, 0.3, 0.8] + [0.1] * 30
+    for i, p in enumerate(evidence):
+        _, tracked, _ = tracker.update(i, frame, mask, [lesion(1, 400, p, (40, 40, 20, 20))])
+        classes.append(tracked[0].class_index)
+    assert classes[:7] == [NEOPLASTIC] * 7  # no flicker on single odd frames
+    assert classes[-1] == NON_NEOPLASTIC
+    changes = int(np.count_nonzero(np.diff(classes)))
+    assert changes == 1  # it turned once, when the steady evidence outweighed the track's past
+    frame_by_frame = [NEOPLASTIC if p >= 0.5 else NON_NEOPLASTIC for p in evidence]
+    assert int(np.count_nonzero(np.diff(frame_by_frame))) >= 6
+
+
+def test_segment_video_yields_every_frame_with_tracks_and_every_n(trained_model_dir, small_clip):
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    results = list(segment_video(model, small_clip))
+    assert [r.index for r in results] == list(range(16))
+    assert all(r.inferred for r in results)
+    assert any(r.scene_cut for r in results[8:10])  # the clip's cut between its two scenes
+    for r in results:
+        assert all(lesion.track_id is not None for lesion in r.lesions)
+        for lesion in r.lesions:  # each lesion's pixels in its track's class
+            assert lesion.class_index in (NEOPLASTIC, NON_NEOPLASTIC)
+    sparse = list(segment_video(model, small_clip, every=4))
+    assert [r.inferred for r in sparse] == [i % 4 == 0 for i in range(16)]
+    assert np.array_equal(sparse[1].mask, sparse[0].mask)
+    untracked = list(segment_video(model, small_clip, tracking=False))
+    assert all(r.track_ids == [] for r in untracked)
+    camera = list(segment_video(model, (r.frame for r in results[:3]), fps=5.0))
+    assert [round(r.time, 2) for r in camera] == [0.0, 0.2, 0.4]
+    with pytest.raises(ValueError, match="HxWx3"):
+        list(segment_video(model, [np.zeros((8, 8), np.uint8)]))
+
+
+def test_predict_cli_writes_clip_timeline_tracks_and_masks(trained_model_dir, small_clip, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "train" / "predict.py"),
+        "--model",
+        str(trained_model_dir / "best"),
+        "--video",
+        str(small_clip),
+        "--output-video",
+        str(out / "overlay.mp4"),
+        "--timeline",
+        str(out / "timeline.csv"),
+        "--tracks",
+        str(out / "tracks.csv"),
+        "--save-masks",
+        str(out / "masks"),
+    ]
+    out.mkdir()
+    shown = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the progress bar on
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=shown)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "16 frames" in result.stdout and "frame/s" in result.stderr  # the progress bar
+    timeline = list(csv.reader((out / "timeline.csv").open()))
+    assert timeline[0] == TIMELINE_HEADERS and len(timeline) == 17
+    tracks = list(csv.reader((out / "tracks.csv").open()))
+    assert tracks[0] == TRACK_HEADERS
+    masks = sorted((out / "masks").iterdir())
+    assert [m.name for m in masks[:2]] == ["frame_000000.png", "frame_000001.png"] and len(masks) == 16
+    colours = np.unique(np.asarray(Image.open(masks[0])).reshape(-1, 3), axis=0)
+    assert {tuple(c) for c in colours} <= set(CLASS_COLORS)  # the competition's colours, lossless
+    assert decode_mask(np.asarray(Image.open(masks[0]))).shape == (120, 160)
+    assert probe_video(out / "overlay.mp4").codec == "h264"
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(small_clip.read_bytes()[:2000])
+    command[command.index("--video") + 1] = str(bad)
+    command[command.index("--output-video") + 1] = str(tmp_path / "bad_overlay.mp4")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "bad.mp4" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bad_overlay.mp4").exists()
+
+
+def test_write_video_outputs_leaves_nothing_half_written_on_failure(trained_model_dir, small_clip, tmp_path):
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    calls = []
+
+    def stop(done, total):
+        calls.append(done)
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_video_outputs(
+            model,
+            small_clip,
+            output_video=tmp_path / "o.mp4",
+            masks_dir=tmp_path / "m",
+            timeline=tmp_path / "t.csv",
+            progress=stop,
+        )
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "t.csv").exists()
+    assert list((tmp_path / "m").iterdir()) == []
