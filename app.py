@@ -341,7 +341,13 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         )
         live_state = gr.State(None, time_to_live=CACHE_SECONDS)
         with gr.Row():
-            camera_input = gr.Image(label="Camera", sources=["webcam"], type="numpy", elem_id="camera-input")
+            camera_input = gr.Image(
+                label="Camera",
+                sources=["webcam"],
+                type="numpy",
+                webcam_options=gr.WebcamOptions(mirror=False),  # an endoscope is never mirrored
+                elem_id="camera-input",
+            )
             camera_output = gr.Image(label="Live overlay", elem_id="camera-output")
     gr.Markdown(
         f"Model: `{INFO.source}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "

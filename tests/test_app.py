@@ -38,6 +38,7 @@ def served(trained_model_dir):
             "NEOPOLYP_MODEL": str(trained_model_dir / "best"),
             "NEOPOLYP_MAX_PIXELS": "4000000",
             "NEOPOLYP_MAX_FILE_SIZE": "2000000",
+            "NEOPOLYP_MAX_VIDEO_SECONDS": "3",
         }
     )
     try:
@@ -252,6 +253,75 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
         finally:
             browser.close()
     assert (tmp_path / "neopolyp_app.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, small_clip, clip_scenes, tmp_path):
+    from gradio_client import handle_file
+
+    from neopolyp_hf.video.clips import clip_frames, write_clip
+    from neopolyp_hf.video.io import probe_video
+    from neopolyp_hf.video.pipeline import TRACK_HEADERS, write_video_outputs
+
+    clip, timeline, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
+    path = clip["video"] if isinstance(clip, dict) else clip
+    assert probe_video(path).codec == "h264"
+    segmenter, _ = load_segmenter(str(served[1]))  # the app's backend: ONNX Runtime on a CPU
+    expected = write_video_outputs(segmenter, small_clip)
+    assert tracks["headers"] == TRACK_HEADERS
+    assert [row[:2] for row in tracks["data"]] == [[r[0], r[1]] for r in expected.tracks]
+    assert len(timeline["data"]) == 2 * expected.frames  # a point per frame and polyp class
+
+    long_clip = write_clip(
+        tmp_path / "long.mp4", [f for _, f, _ in clip_frames(clip_scenes, 16, (160, 120))], fps=8.0
+    )  # 4 s, over the app's 3 s limit
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    for bad, message in ((long_clip, "lasts 4.0 s, over the limit of 3 s"), (not_video, "not a readable video")):
+        with pytest.raises(Exception, match=message) as raised:
+            client.predict(handle_file(str(bad)), api_name="/predict_video")
+        assert str(tmp_path) not in str(raised.value)  # the upload is named by its file name only
+    _, _, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
+    assert [row[:2] for row in tracks["data"]] == [[r[0], r[1]] for r in expected.tracks]  # still serving
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_video_upload_and_live_camera(served, small_clip, clip_scenes, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from neopolyp_hf.video.clips import clip_frames, write_clip
+
+    camera = write_clip(tmp_path / "camera.y4m", [f for _, f, _ in clip_frames(clip_scenes, 8, (160, 120))], fps=8.0)
+    fake_camera = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + fake_camera)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 1100}, permissions=["camera"]).new_page()
+            page.goto(served[0], wait_until="load")
+            page.get_by_role("tab", name="Video").click()
+            page.locator("#video-input input[type=file]").set_input_files(str(small_clip))
+            page.wait_for_timeout(1500)
+            page.click("#run-video")
+            page.locator("#video-output video").wait_for(state="visible", timeout=120_000)
+            assert page.locator("#video-output video").get_attribute("src").endswith(".mp4")
+            page.locator("#tracks").get_by_text("first_frame").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "neopolyp_video.png"), full_page=True)
+
+            page.get_by_role("tab", name="Camera").click()
+            page.get_by_text("Click to Access Webcam").click()
+            page.locator("#camera-input button[aria-label='capture photo']").click()  # starts the stream
+            page.locator("#camera-output img").wait_for(state="visible", timeout=90_000)  # a tracked overlay back
+            assert page.locator("#camera-output img").evaluate("img => img.naturalWidth") == 160
+            page.screenshot(path=str(tmp_path / "neopolyp_camera.png"), full_page=True)
+        finally:
+            browser.close()
 
 
 def _call_page_event(url: str, session_hash: str, api_name: str, data: list) -> dict:

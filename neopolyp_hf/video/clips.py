@@ -22,6 +22,7 @@ CLIP_CODECS = {
     ".webm": ("libvpx-vp9", "webm", "yuv420p"),
     ".avi": ("mjpeg", "avi", "yuvj420p"),
     ".av1.mp4": ("libsvtav1", "mp4", "yuv420p"),
+    ".y4m": ("rawvideo", "yuv4mpegpipe", "yuv420p"),  # what Chromium's fake camera plays
 }
 
 
@@ -77,7 +78,7 @@ def write_clip(
     variable_rate: bool = False,
 ) -> Path:
     """Encode RGB frames as a clip whose codec follows the file name (.mp4 H.264, .webm VP9, .avi MJPEG,
-    .av1.mp4 AV1); optionally with a silent audio track, or with frame times that vary (variable rate)."""
+    .av1.mp4 AV1, .y4m raw); optionally with a silent audio track, or with frame times that vary (variable rate)."""
     av = _av()
     path = Path(path)
     suffix = ".av1.mp4" if path.name.endswith(".av1.mp4") else path.suffix
