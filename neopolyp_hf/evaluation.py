@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .classes import CLASS_NAMES
-from .classifier.fusion import expected_calibration_error
+from .classifier.fusion import expected_calibration_error, fused_logit, sigmoid
 from .data import Sample, find_pairs, load_pair
 from .errors import DataError
 from .inference import Segmenter
@@ -69,7 +69,7 @@ def evaluate_model(
         calls.update(prediction.lesions, prediction.mask, truth)
         classes.update(prediction.lesions, prediction.mask, truth)
     scores = {**dice.compute(), **lesions.compute(), **calibration.compute(), **calls.compute(), **classes.compute()}
-    scores.update(lesion_calibration(classes.records))
+    scores.update(lesion_calibration(classes.records, model._inference_config.get("lesion_classifier")))
     if lesion_records is not None:
         lesion_records.extend(classes.records)
     if reliability is not None:
@@ -77,10 +77,29 @@ def evaluate_model(
     return scores
 
 
-def lesion_calibration(records: list[dict]) -> dict[str, float]:
-    """Lesion-level expected calibration error of the segmenter's P(neoplastic | polyp) and of the final call."""
+def lesion_calibration(records: list[dict], second_stage: dict | None = None) -> dict[str, float]:
+    """Lesion-level expected calibration error of the segmenter's P(neoplastic | polyp) and of the final
+    call; with a second stage, also of the fused call before its temperature (the calibration's "before")."""
     truth = [r["neoplastic"] for r in records]
-    return {
+    result = {
         "lesion_ece_segmenter": expected_calibration_error([r["segmenter"] for r in records], truth),
         "lesion_ece_final": expected_calibration_error([r["final"] for r in records], truth),
     }
+    staged = [r for r in records if r["classifier"] == r["classifier"]]  # NaN: the segmenter alone
+    if second_stage and staged:
+        fused = fused_logit(
+            [r["segmenter"] for r in staged], [r["classifier"] for r in staged], second_stage["fusion_weight"]
+        )
+        result["lesion_ece_fused_before_temperature"] = expected_calibration_error(
+            sigmoid(fused), [r["neoplastic"] for r in staged]
+        )
+    return result
+
+
+def calibration_figures(model: Segmenter, samples: list[Sample]) -> dict[str, float]:
+    """What the card's uncertainty section reports, measured on held-out pairs at full resolution."""
+    scores = evaluate_model(model, samples)
+    keys = ("ece_top_class", "ece_neoplastic", "ece_non_neoplastic", "lesion_calls", "lesion_call_accuracy")
+    keys += ("confident_lesion_calls", "confident_lesion_call_accuracy", "uncertain_call_share")
+    keys += ("lesion_ece_segmenter", "lesion_ece_final")
+    return {key: scores[key] for key in keys}

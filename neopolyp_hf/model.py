@@ -21,7 +21,6 @@ from .errors import ConfigError
 from .source import resolve_model_source
 from .torch_backend import TorchSegmenter
 
-REPO_URL = "https://github.com/neopolyp/neopolyp"
 MODEL_CARD_TEMPLATE = (Path(__file__).with_name("model_card.md")).read_text(encoding="utf-8")
 
 
@@ -33,7 +32,6 @@ class NeoPolypUNet(
     license="mit",
     tags=["image-segmentation", "medical-imaging", "polyp-segmentation", "colonoscopy", "unet"],
     pipeline_tag="image-segmentation",
-    repo_url=REPO_URL,
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
     """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp,
@@ -78,18 +76,19 @@ class NeoPolypUNet(
         return outputs if head_outputs else head_scores(outputs, self._hub_mixin_config["head"])
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        """Render `model_card.md` with the run's metrics, dataset and training arguments."""
+        """Render `model_card.md` with the run's metrics, dataset (by id) and training arguments; a model
+        saved without a `dataset` is described as untrained and lists none."""
         metrics: dict[str, float] = kwargs.pop("metrics", None) or {}
-        dataset: str = kwargs.pop("dataset", None) or DATASET_ID
+        dataset: str | None = kwargs.pop("dataset", None)
         card_data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())
-        card_data.datasets = [dataset]
-        card_data.metrics = ["dice"]
+        card_data.datasets = [dataset] if dataset else None
+        card_data.metrics = ["dice"] if metrics else None
         card_data.model_name = kwargs.pop("model_name", "NeoPolyp U-Net")
         card_data.eval_results = [
             EvalResult(
                 task_type="image-segmentation",
                 dataset_type=dataset,
-                dataset_name=f"{dataset} (held-out validation split)",
+                dataset_name=f"{dataset or 'unknown data'} (held-out validation split)",
                 metric_type="dice",
                 metric_name=name,
                 metric_value=float(value),
@@ -99,9 +98,10 @@ class NeoPolypUNet(
         return ModelCard.from_template(
             card_data=card_data,
             template_str=self._hub_mixin_info.model_card_template,
-            repo_url=self._hub_mixin_info.repo_url,
             model_config=json.dumps(self._hub_mixin_config, indent=2),
             encoder_name=self._hub_mixin_config["encoder_name"],
+            second_stage_settings=self._hub_mixin_config.get("lesion_classifier"),
+            known_dataset=DATASET_ID,
             metrics=metrics,
             dataset=dataset,
             **kwargs,

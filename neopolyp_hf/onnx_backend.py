@@ -22,6 +22,9 @@ from .inference import Segmenter
 from .model import NeoPolypUNet, head_scores
 from .preprocessing import ImageInput, load_image, preprocess
 
+# The exports published beside a model's weights (neopolyp_hf.publish); NEOPOLYP_PRECISION=int8 loads the second.
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
 CONFIG_KEY = "neopolyp_config"
 PRECISION_KEY = "precision"
 PRECISIONS = ("fp32", "int8")

@@ -22,14 +22,13 @@ from .errors import ModelSourceError, NeoPolypError
 from .inference import Prediction, Segmenter, uncertainty_levels, uncertainty_view
 from .masks import overlay_mask, polyp_box
 from .model import NeoPolypUNet
-from .onnx_backend import OnnxSegmenter, export_onnx
+from .onnx_backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
 from .preprocessing import DEFAULT_MAX_PIXELS, load_image
 from .source import fetch_model_file
 from .synthetic import SYNTHETIC_DATASET
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "bf16", "int8")
-INT8_FILE = "model_int8.onnx"  # an INT8 export published beside the weights (train/export_onnx.py --int8)
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,10 @@ def load_segmenter(
         if backend == "onnx":
             device = torch.device("cpu")
             if precision == "int8":
-                segmenter = OnnxSegmenter(fetch_model_file(files, INT8_FILE))
+                int8 = fetch_model_file(files, INT8_FILE)
+                if model.config.get("lesion_classifier"):  # the second stage's graph, from the same commit
+                    fetch_model_file(files, classifier_graph_path(INT8_FILE).name)
+                segmenter = OnnxSegmenter(int8)
             else:
                 segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache))
         else:
@@ -260,7 +262,15 @@ class OutputStore:
             path.parent.rmdir()
 
 
-LESION_HEADERS = ["lesion", "class", "area (px)", "area (% of image)", "confidence", "P(neoplastic)", "uncertain"]
+LESION_HEADERS = [
+    "lesion",
+    "class",
+    "area (px)",
+    "area (% of image)",
+    "confidence",
+    "P(neoplastic | polyp)",
+    "uncertain",
+]
 
 
 def lesion_rows(prediction: Prediction) -> list[list]:

@@ -108,16 +108,56 @@ LOGITS_SCRIPT = """
 def test_push_publishes_weights_config_and_card(pushed, hub):
     from huggingface_hub import ModelCard
 
+    from neopolyp_hf.publish import sha256
+
     repo = hub.mirrors / "models" / REPO
     files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
-    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(files) == ["README.md", "config.json", "model.onnx", "model.safetensors", "model_int8.onnx"]
     card = ModelCard.load(repo / "README.md")
+    for name in ("model.onnx", "model_int8.onnx"):  # the card records each export's hash
+        assert f"| {name} | `{sha256(repo / name)}` |" in card.text
+    assert f'from_pretrained("{REPO}")' in card.text and 'pip install ".[video]"' in card.text
+    assert "/tmp" not in card.text and str(pushed) not in card.text and "data_dir" not in card.text
     best = json.loads((pushed / "last" / "training_state.json").read_text())["best_metrics"]
     results = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
     assert {m["name"]: m["value"] for m in results}["dice_mean"] == pytest.approx(best["val_dice_mean"])
     assert card.data.to_dict()["datasets"] == ["neopolyp-synthetic"]
     assert "not for clinical decisions" in card.text
     assert json.loads((repo / "config.json").read_text())["encoder_weights"] is None
+
+
+@pytest.mark.slow
+def test_int8_serves_from_the_hub_and_a_run_can_be_pushed_again(pushed, hub, hub_env, synthetic_data):
+    result = run_python(
+        f"""
+        from neopolyp_hf.serving import load_segmenter
+        segmenter, info = load_segmenter({REPO!r}, precision="int8")
+        prediction = segmenter.predict({str(sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[0])!r})
+        print(info.backend, info.precision, segmenter.precision, prediction.mask.shape)
+        """,
+        hub_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[:3] == ["onnx", "int8", "int8"]
+
+    again = "neopolyp/pushed-again"
+    command = [sys.executable, str(ROOT / "train" / "push.py"), "--run-dir", str(pushed), "--data-dir"]
+    result = subprocess.run(
+        [*command, str(synthetic_data), "--repo-id", again], env=hub_env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    repo = hub.mirrors / "models" / again
+    files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert {"config.json", "model.safetensors", "model_int8.onnx", "README.md"} <= set(files)
+    assert (repo / "model.safetensors").read_bytes() == (pushed / "best" / "model.safetensors").read_bytes()
+    result = subprocess.run(
+        [*command[:3], str(pushed / "nothing"), "--data-dir", str(synthetic_data), "--repo-id", again],
+        env=hub_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "holds no finished run" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_from_pretrained_by_repo_id_gives_identical_logits(pushed, hub_env, tmp_path):

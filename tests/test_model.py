@@ -83,10 +83,32 @@ def test_missing_sources_are_named(tmp_path):
         NeoPolypUNet.from_pretrained("not-a-user/not-a-model")  # offline and not cached
 
 
+def test_an_untrained_model_card_says_so_and_lists_no_dataset(random_model, tmp_path):
+    random_model.save_pretrained(tmp_path / "untrained")
+    card = ModelCard.load(tmp_path / "untrained" / "README.md")
+    assert "**untrained**" in card.text and "BKAI-IGH" not in card.text
+    assert not card.data.to_dict().get("datasets")
+    assert 'from_pretrained("path/to/model-folder")' in card.text and "More Information Needed" not in card.text
+
+
+def test_a_trained_card_names_its_data_by_id_and_publishes_no_path(trained_model_dir, synthetic_data):
+    card = ModelCard.load(trained_model_dir / "best" / "README.md")
+    assert card.data.to_dict()["datasets"] == ["neopolyp-synthetic"]
+    assert str(synthetic_data) not in card.text and str(trained_model_dir) not in card.text
+    assert (
+        '"data_dir"' not in card.text and '"output_dir"' not in card.text and '"recipe": "neopolyp-2stage"' in card.text
+    )
+    assert "## The second stage" in card.text  # what the second stage is and how it was chosen
+
+
 def test_model_card_renders_and_parses(random_model, tmp_path):
     random_model.save_pretrained(
         tmp_path / "m",
-        model_card_kwargs={"metrics": {"dice_mean": 0.61, "dice_neoplastic": 0.7}, "training_args": "{}"},
+        model_card_kwargs={
+            "metrics": {"dice_mean": 0.61, "dice_neoplastic": 0.7},
+            "training_args": "{}",
+            "dataset": "bkai-igh-neopolyp",
+        },
     )
     card = ModelCard.load(tmp_path / "m" / "README.md")
     data = card.data.to_dict()

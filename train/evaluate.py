@@ -1,7 +1,7 @@
 """Evaluate a model at full resolution on competition-layout data: pixel Dice and lesion-level metrics, as JSON.
 
 python train/evaluate.py --model PATH_OR_REPO_OR_ONNX --data-dir DIR [--ids FILE] [--tta] [--no-lesion-consistency]
-    [--backend torch|onnx|auto] [--precision fp32|bf16|int8] [--reliability-plot PNG]
+    [--backend auto|torch|onnx] [--precision fp32|bf16|int8] [--reliability-plot PNG]
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Full-resolution Dice of a NeoPolyp model.")
     parser.add_argument("--model", required=True, help="model folder, Hub repo id, or an exported .onnx file")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="auto: ONNX Runtime on a CPU")
+    parser.add_argument(
+        "--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime on a CPU, torch on CUDA"
+    )
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as in train/predict.py")
     parser.add_argument("--data-dir", required=True, help="competition layout: train/train, train_gt/train_gt")
     parser.add_argument(

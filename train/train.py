@@ -7,6 +7,7 @@ accelerate launch train/train.py ...        # several GPUs or machines, same scr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from neopolyp_hf.data import (
 from neopolyp_hf.evaluation import evaluate_model
 from neopolyp_hf.metrics import DiceAccumulator
 from neopolyp_hf.model import head_scores
+from neopolyp_hf.publish import publish_run
 from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
 
@@ -193,20 +195,35 @@ def evaluate(model, loss_fn, loader, accelerator, config, epoch, channels_last) 
     return {"val_loss": float(stats[0] / stats[1]), **{f"val_{k}": v for k, v in dice.compute().items()}}
 
 
-def calibration_figures(model: NeoPolypUNet, samples: list) -> dict[str, float]:
-    """What the card's uncertainty section reports, measured on the held-out split at full resolution."""
-    scores = evaluate_model(model, samples)
-    keys = ("ece_top_class", "ece_neoplastic", "ece_non_neoplastic", "lesion_calls", "lesion_call_accuracy")
-    keys += ("confident_lesion_calls", "confident_lesion_call_accuracy", "uncertain_call_share")
-    return {key: scores[key] for key in keys}
+# The training arguments that reproduce a run; paths, workers, reporting and Hub settings are left out
+# of the published card (a card names its data by dataset id, never by a path on the training machine).
+REPRODUCING_ARGS = (
+    "recipe",
+    "recipe_override",
+    "epochs",
+    "batch_size",
+    "lr",
+    "image_size",
+    "encoder_name",
+    "encoder_weights",
+    "val_fraction",
+    "checkpoint",
+    "val_every",
+    "seed",
+    "scheduler",
+    "mixed_precision",
+    "max_train_samples",
+)
 
 
 def card_kwargs(args: argparse.Namespace, metrics: dict[str, float], resolved: dict) -> dict:
-    """What the model card shows: the data, the val metrics that chose this checkpoint, the arguments
-    (with the values the recipe filled in, not the command line's unset defaults)."""
+    """What the model card shows: the data by its dataset id, the val metrics that chose this checkpoint,
+    and the arguments that reproduce the run (with the values the recipe filled in)."""
     card_metrics = {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_dice")}
-    training_args = {k: v for k, v in vars(args).items() if k not in ("push", "private", "resume")}
+    training_args = {k: v for k, v in vars(args).items() if k in REPRODUCING_ARGS}
     training_args.update(resolved)
+    if args.split:
+        training_args["split"] = "the ids of a split file (kept beside the weights as split.json, not published)"
     synthetic = (Path(args.data_dir) / MARKER_FILE).is_file()
     return {
         "metrics": card_metrics,
@@ -246,6 +263,13 @@ def find_last_checkpoint(out: Path) -> Path | None:
         if (candidate / STATE_FILE).is_file():
             return candidate
     return None
+
+
+def check_report_to(report_to: str) -> None:
+    """--report-to wandb|tensorboard needs its package: say which, before any work."""
+    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(report_to)
+    if package and importlib.util.find_spec(package) is None:
+        raise SystemExit(f"error: --report-to {report_to} needs the '{package}' package: pip install {package}")
 
 
 def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, timeout_s: float = 3.0) -> None:
@@ -353,6 +377,7 @@ def main(args: argparse.Namespace) -> dict:
     """Train, keep the best and last checkpoints, write reports, optionally push; returns the best metrics."""
     if args.push and not args.repo_id:
         raise SystemExit("error: --push needs --repo-id ORG/NAME")
+    check_report_to(args.report_to)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -478,14 +503,7 @@ def main(args: argparse.Namespace) -> dict:
             + ", ".join(f"{k} {v:.4f}" for k, v in state["best_metrics"].items())
         )
         if args.push:
-            kwargs = json.loads((best_dir / "card_kwargs.json").read_text())
-            kwargs["calibration"] = calibration_figures(best, [s for s in samples if s.id in val_ids])
-            url = best.push_to_hub(
-                args.repo_id,
-                private=args.private or None,
-                model_card_kwargs=kwargs,
-                commit_message=f"NeoPolyp: best of {state['epoch']} epochs",
-            )
+            url = publish_run(out, samples, args.repo_id, private=args.private)
             print(f"pushed to {args.repo_id}: {url}")
     return state["best_metrics"]
 

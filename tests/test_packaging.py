@@ -1,0 +1,67 @@
+"""Install metadata: the extras match the pinned requirement files, and every pin installs on the
+Python versions that pyproject.toml and the Space's front matter promise. Nothing is installed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import tomllib
+
+from helpers import ROOT
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+
+def pins(path) -> dict[str, str]:
+    """name -> version of a requirement file's `name==version` lines, following `-r` includes."""
+    found = {}
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found.update(pins(line[3:].strip()))
+        elif line:
+            requirement = Requirement(line)
+            found[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
+    return found
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def group(requirements: list[str]) -> dict[str, str]:
+    parsed = [Requirement(r) for r in requirements]
+    return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in parsed}
+
+
+def front_matter_python() -> str:
+    match = re.search(r'^python_version:\s*"?([0-9.]+)"?\s*$', (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert match, "the README's Space front matter has no python_version"
+    return match.group(1)
+
+
+def test_extras_match_the_pinned_requirement_files():
+    meta = project()
+    core, extras = group(meta["dependencies"]), {k: group(v) for k, v in meta["optional-dependencies"].items()}
+    assert set(extras) >= {"train", "app", "video"}
+    space, training = pins("requirements.txt"), pins("requirements-train.txt")
+    assert {**core, **extras["app"], **extras["video"]} == space  # the Space installs core + app + video
+    assert {**space, **extras["train"]}.items() <= training.items()  # train/ needs what the file pins
+    assert set(training) - set(space) <= set(extras["train"])  # and nothing the file adds is missing
+    for name, version in {**core, **extras["app"], **extras["video"], **extras["train"]}.items():
+        assert version and not version.startswith(("<", ">", "~", "!")), f"{name} is not pinned"
+
+
+def test_every_pin_installs_on_the_promised_pythons():
+    lower = Version(re.fullmatch(r">=\s*([0-9.]+)", project()["requires-python"]).group(1))
+    space_python = Version(front_matter_python())
+    assert space_python in SpecifierSet(project()["requires-python"])
+    everything = {**pins("requirements-train.txt"), **pins("requirements-test.txt")}
+    for name, version in everything.items():
+        installed = importlib.metadata.version(name)
+        assert installed == version, f"{name}: pinned {version}, installed {installed}"
+        requires = importlib.metadata.metadata(name).get("Requires-Python") or ""
+        for python in (lower, space_python):
+            assert python in SpecifierSet(requires), f"{name}=={version} needs Python {requires}, not {python}"
