@@ -1,0 +1,204 @@
+"""Video: frame rates of the whole pipeline against the model alone, and what tracking does to quality.
+
+    python benchmarks/video.py --model MODEL --data-dir DATA [--ids OUT/split.json] \\
+        [--backends torch onnx int8] [--scenes 6] [--frames-per-scene 50] [--size 960x736] [--input-size 256]
+
+The clip is made from real held-out frames (`--ids`: a split.json's "val", so the model never trained
+on them): each scene is one frame seen through a moving camera (zoom towards the polyp, pan, roll,
+breathing light), the true mask warped with it, and a cut between scenes. Per backend it prints:
+
+- end-to-end frames/s: decode, model, tracking, overlay and H.264 encode (`write_video_outputs`);
+- model-only frames/s: `predict()` on the same decoded frames, the ceiling, and the ratio of the two;
+- pooled Dice per class over all frames, with tracking and frame by frame (`--no-tracking`);
+- flicker: class changes per track per 100 lesion-frames, with and without tracking;
+- track-id switches inside a scene: a true lesion whose best-overlapping track changes.
+
+`--input-size` runs the model at another input size than it was trained at (a fully convolutional
+U-Net accepts it): for frame rates at 256 px with a 128 px model. All figures come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
+from neopolyp_hf.data import load_pair
+from neopolyp_hf.evaluation import read_ids, select_samples
+from neopolyp_hf.lesions import label_polyps
+from neopolyp_hf.metrics import DiceAccumulator
+from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.video.clips import scene_frames, write_clip
+from neopolyp_hf.video.io import read_frames
+from neopolyp_hf.video.pipeline import segment_video, write_video_outputs
+from neopolyp_hf.video.tracking import LesionTracker
+
+INSTANCES = 3  # truth masks carry class + 3 x instance, so nearest warping keeps each true lesion's identity
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--ids", default=None, help="held-out ids: a split.json (its 'val') or one id per line")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "int8"])
+    parser.add_argument("--scenes", type=int, default=6)
+    parser.add_argument("--frames-per-scene", type=int, default=50)
+    parser.add_argument("--size", default="960x736", help="clip frame size WIDTHxHEIGHT")
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--input-size", type=int, default=None, help="run the model at this input size")
+    parser.add_argument("--output", default=None, help="also write the figures here as JSON")
+    return parser
+
+
+def make_clip(args, workdir: Path) -> tuple[Path, list[np.ndarray], list[int]]:
+    """The clip, each frame's truth (class + 3 x instance) and scene, from held-out frames with polyps."""
+    samples = select_samples(args.data_dir, read_ids(args.ids) if args.ids else None)
+    width, height = (int(v) for v in args.size.split("x"))
+    frames, truths, scenes = [], [], []
+    chosen = 0
+    for sample in samples[:: max(1, len(samples) // (4 * args.scenes))]:
+        image, mask = load_pair(sample)
+        if not (mask > 0).any() or chosen == args.scenes:
+            continue
+        _, labels, _ = label_polyps(mask)
+        instanced = (mask + INSTANCES * np.minimum(labels, 80)).astype(np.uint8)
+        for frame, truth in scene_frames(image, instanced, args.frames_per_scene, (width, height)):
+            frames.append(frame)
+            truths.append(truth)
+            scenes.append(chosen)
+        chosen += 1
+    path = write_clip(workdir / "clip.mp4", frames, fps=args.fps)
+    return path, truths, scenes
+
+
+def flicker(results, tracked: bool) -> float:
+    """Class changes per track per 100 lesion-frames. Frame by frame, lesions are matched into tracks
+    by the same tracker, but each keeps the class its own frame gave it."""
+    tracker = None if tracked else LesionTracker(list(CLASS_NAMES))
+    last: dict[int, int] = {}
+    changes = seen = 0
+    for result in results:
+        lesions = result.lesions
+        if tracker is not None:
+            _, matched, _ = tracker.update(result.index, result.frame, result.mask, lesions)
+            lesions = [(m.track_id, own.class_index) for m, own in zip(matched, result.lesions, strict=True)]
+        else:
+            lesions = [(lesion.track_id, lesion.class_index) for lesion in lesions]
+        for track_id, class_index in lesions:
+            seen += 1
+            changes += track_id in last and last[track_id] != class_index
+            last[track_id] = class_index
+    return 100.0 * changes / max(seen, 1)
+
+
+def id_switches(results, truths: list[np.ndarray], scenes: list[int]) -> int:
+    """Times a true lesion's best-overlapping track id changes between two frames of one scene."""
+    previous: dict[tuple[int, int], int] = {}
+    switches = 0
+    for result, truth, scene in zip(results, truths, scenes, strict=True):
+        count, labels, _ = label_polyps(result.mask)
+        by_label = {lesion.label: lesion.track_id for lesion in result.lesions}
+        for instance in np.unique(truth // INSTANCES):
+            if instance == 0:
+                continue
+            under = labels[(truth // INSTANCES) == instance]
+            under = under[under > 0]
+            if under.size == 0:
+                continue
+            track = by_label.get(int(np.bincount(under).argmax()))
+            key = (scene, int(instance))
+            if key in previous and track is not None and previous[key] != track:
+                switches += 1
+            if track is not None:
+                previous[key] = track
+    return switches
+
+
+def dice(results, truths: list[np.ndarray]) -> dict[str, float]:
+    accumulator = DiceAccumulator(list(CLASS_NAMES))
+    for result, truth in zip(results, truths, strict=True):
+        accumulator.update(result.mask, truth % INSTANCES)
+    scores = accumulator.compute()
+    return {f"dice_{CLASS_NAMES[c]}": scores[f"dice_{CLASS_NAMES[c]}"] for c in POLYP_CLASSES}
+
+
+def load_backend(name: str, model: NeoPolypUNet, workdir: Path, calibration: list[np.ndarray]):
+    if name == "torch":
+        return model.optimize_for_inference()
+    fp32 = workdir / "model.onnx"
+    if not fp32.is_file():
+        export_onnx(model, fp32)
+    if name == "onnx":
+        return OnnxSegmenter(fp32)
+    int8 = workdir / "model_int8.onnx"
+    if not int8.is_file():
+        quantize_onnx(fp32, int8, calibration)
+    return OnnxSegmenter(int8)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    """Make the clip, then time and score each backend on it."""
+    model = NeoPolypUNet.from_pretrained(args.model)
+    if args.input_size:
+        model._hub_mixin_config["input_size"] = args.input_size
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        clip, truths, scenes = make_clip(args, workdir)
+        decoded = [frame.rgb for frame in read_frames(clip)]
+        print(
+            f"clip: {len(decoded)} frames of {args.size}, {len(set(scenes))} scenes, model input "
+            f"{model.config['input_size']} px, second stage: {bool(model.config.get('lesion_classifier'))}"
+        )
+        for name in args.backends:
+            backend = load_backend(name, model, workdir, decoded[:: max(1, len(decoded) // 16)][:16])
+            for frame in decoded[:3]:
+                backend.predict(frame)  # warm-up
+            started = time.perf_counter()
+            for frame in decoded:
+                backend.predict(frame)
+            model_fps = len(decoded) / (time.perf_counter() - started)
+            started = time.perf_counter()
+            write_video_outputs(backend, clip, output_video=workdir / f"{name}.mp4", max_seconds=None)
+            end_to_end_fps = len(decoded) / (time.perf_counter() - started)
+            tracked = list(segment_video(backend, clip, max_seconds=None))
+            untracked = list(segment_video(backend, clip, tracking=False, max_seconds=None))
+            row = {
+                "backend": name,
+                "end_to_end_fps": end_to_end_fps,
+                "model_only_fps": model_fps,
+                "ratio": end_to_end_fps / model_fps,
+                "tracked": {**dice(tracked, truths), "flicker_per_100": flicker(tracked, True)},
+                "frame_by_frame": {**dice(untracked, truths), "flicker_per_100": flicker(untracked, False)},
+                "id_switches_in_scene": id_switches(tracked, truths, scenes),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        "\n| backend | end-to-end fps | model-only fps | ratio | Dice neo tracked / frame "
+        "| Dice non-neo tracked / frame | flicker tracked / frame (per 100) | id switches |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, f = r["tracked"], r["frame_by_frame"]
+        print(
+            f"| {r['backend']} | {r['end_to_end_fps']:.1f} | {r['model_only_fps']:.1f} | {r['ratio']:.2f} "
+            f"| {t['dice_neoplastic']:.3f} / {f['dice_neoplastic']:.3f} "
+            f"| {t['dice_non_neoplastic']:.3f} / {f['dice_non_neoplastic']:.3f} "
+            f"| {t['flicker_per_100']:.2f} / {f['flicker_per_100']:.2f} | {r['id_switches_in_scene']} |"
+        )
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
