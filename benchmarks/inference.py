@@ -68,8 +68,9 @@ def naive_predict(model: NeoPolypUNet, path: Path) -> tuple[np.ndarray, Image.Im
 
 
 def project_predict(backend, path: Path) -> tuple[np.ndarray, Image.Image, dict[str, float]]:
-    """The package's path (torch or ONNX Runtime): the same outputs."""
-    prediction = backend.predict(path, lesion_consistency=False)
+    """The package's path (torch or ONNX Runtime): the same outputs, from the segmenter alone (the
+    second stage is timed on its own, below)."""
+    prediction = backend.predict(path, lesion_consistency=False, second_stage=False)
     return prediction.mask, prediction.overlay, prediction.percentages
 
 
@@ -151,6 +152,28 @@ def benchmark_image(workdir: Path) -> Path:
     path = workdir / "frame_1280x995.jpeg"
     Image.fromarray(image).save(path, quality=95)
     return path
+
+
+def second_stage_cost(backends: dict, workdir: Path, repeats: int) -> None:
+    """P1 (`predict()`, overlay included) with the second stage against without, on a real frame where
+    the model finds 1 to 3 lesions (the first such test frame)."""
+    probe = next(iter(backends.values()))
+    frames = sorted(REAL_TEST.glob("*.jpeg")) or [benchmark_image(workdir)]
+    frame = next((f for f in frames if 1 <= len(probe.predict(f, second_stage=False).lesions) <= 3), frames[0])
+    lesions = len(probe.predict(frame, second_stage=False).lesions)
+    print(f"\nP1 with the second stage: {frame.name}, {lesions} lesion(s) found; predict() + overlay, median")
+    print("| backend | one stage ms | two stages ms | ratio |")
+    print("|---|---|---|---|")
+    for name, backend in backends.items():
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(2 * repeats + 4):  # interleaved, so that both see the same machine
+            second = bool(i % 2)
+            started = time.perf_counter()
+            backend.predict(frame, second_stage=second).overlay  # noqa: B018  (rendered, as the app does)
+            if i >= 4:
+                times[second].append(1000 * (time.perf_counter() - started))
+        one, two = statistics.median(times[False]), statistics.median(times[True])
+        print(f"| {name} | {one:.1f} | {two:.1f} | {two / one:.3f}x |")
 
 
 def folder_images(workdir: Path, count: int) -> list[Path]:
@@ -278,6 +301,9 @@ def main() -> None:
         int8_e2e = rows[-1][1]
         for stage, ms in stage_profile(int8_model, image_path, args.repeats):
             print(f"| {stage} | {ms:.1f} | {100 * ms / int8_e2e:.0f}% |")
+
+        if naive_model.config.get("lesion_classifier"):
+            second_stage_cost({"ONNX Runtime fp32": onnx_model, "ONNX Runtime INT8": int8_model}, workdir, args.repeats)
 
         images = folder_images(workdir, args.folder_images)
         folder = workdir / "p2"
