@@ -96,7 +96,9 @@ def test_a_trained_card_names_its_data_by_id_and_publishes_no_path(trained_model
     assert card.data.to_dict()["datasets"] == ["neopolyp-synthetic"]
     assert str(synthetic_data) not in card.text and str(trained_model_dir) not in card.text
     assert (
-        '"data_dir"' not in card.text and '"output_dir"' not in card.text and '"recipe": "neopolyp-2stage"' in card.text
+        '"data_dir"' not in card.text
+        and '"output_dir"' not in card.text
+        and '"recipe": "neopolyp-2stage[classifier_epochs=3]"' in card.text
     )
     assert "## The second stage" in card.text  # what the second stage is and how it was chosen
 

@@ -143,6 +143,37 @@ def test_resume_after_kill_9(tmp_path):
     assert not list(out.glob("*.tmp")) and not (out / "last.old").exists()
 
 
+def test_resume_after_kill_9_in_the_second_stage(tmp_path):
+    data = write_dataset(tmp_path / "data", 40, seed=3)
+    out = tmp_path / "out"
+    two_stage = ["--recipe", "neopolyp-2stage", "--recipe-override", "classifier_epochs=12"]
+    command = [*TRAIN, "--data-dir", str(data), "--output-dir", str(out), "--epochs", "2", *SMALL, *two_stage]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "classifier_last.pt").is_file():
+            assert process.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_after = torch.load(out / "classifier_last.pt", weights_only=False)["epoch"]
+    assert killed_after < 12
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"lesion classifier: resuming after epoch {killed_after}" in resumed.stdout
+    assert "epoch 1/2" not in resumed.stdout and "epoch 2/2" not in resumed.stdout  # the segmenter is done
+    state = torch.load(out / "classifier_last.pt", weights_only=False)
+    assert [h["epoch"] for h in state["history"]] == list(range(1, 13))  # nothing lost, nothing twice
+    second = json.loads((out / "second_stage.json").read_text())
+    assert second["epochs"] == 12 and second["temperature"] > 0
+    assert (
+        NeoPolypUNet.from_pretrained(out / "best").config["lesion_classifier"]["temperature"] == second["temperature"]
+    )
+
+
 def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypatch):
     """--push goes through push_to_hub; the real Hub round trip is tested against a local Hub server."""
     from huggingface_hub import HfApi, ModelCard
@@ -179,7 +210,7 @@ def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypa
     )
     best = train_script.main(args)
     assert uploaded["repo_id"] == "org/neopolyp" and uploaded["private"] is True
-    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert uploaded["files"] == ["README.md", "config.json", "model.onnx", "model.safetensors", "model_int8.onnx"]
     assert uploaded["config"]["encoder_weights"] is None
     results = uploaded["card"].data.to_dict()["model-index"][0]["results"][0]
     metrics = {m["name"]: m["value"] for m in results["metrics"]}
