@@ -230,6 +230,7 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             page.goto(served[0], wait_until="load")
             page.locator("#run").wait_for(state="visible", timeout=60_000)
             assert "not for clinical use" in page.inner_text("#notice")
+            assert "Synthetic examples" in page.inner_text("body")  # the synthetic demo model only
             page.locator("input[type=file]").first.set_input_files(str(example_image))
             page.wait_for_timeout(1500)
             page.click("#run")
@@ -344,12 +345,36 @@ def _call_page_event(url: str, session_hash: str, api_name: str, data: list) -> 
 
 
 @pytest.mark.slow
-def test_sessions_beyond_the_cap_are_dropped_least_recently_used_first(trained_model_dir, example_image):
+def test_sessions_beyond_the_cap_are_dropped_least_recently_used_first(
+    trained_model_dir, example_image, small_clip, tmp_path
+):
+    import httpx
     from gradio_client import Client, handle_file
 
+    # A model trained on real data (its card says so) shows no synthetic examples; an operator's show.
+    real = tmp_path / "real_model"
+    real.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (real / name).write_bytes((trained_model_dir / "best" / name).read_bytes())
+    card = (trained_model_dir / "best" / "README.md").read_text().replace("neopolyp-synthetic", "bkai-igh-neopolyp")
+    (real / "README.md").write_text(card)
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "frame_a.jpeg").write_bytes(example_image.read_bytes())
+    (examples / "clip_b.mp4").write_bytes(small_clip.read_bytes())
     # Every API call is a session; Gradio would keep 10,000 of them (memory grows per request).
-    process, url = start_app({"NEOPOLYP_MODEL": str(trained_model_dir / "best"), "NEOPOLYP_MAX_SESSIONS": "2"})
+    process, url = start_app({"NEOPOLYP_MODEL": str(real), "NEOPOLYP_MAX_SESSIONS": "2"})
     try:
+        page = httpx.get(url + "config").text
+        assert "Synthetic examples" not in page and "synthetic_0" not in page
+    finally:
+        stop_app(process)
+    process, url = start_app(
+        {"NEOPOLYP_MODEL": str(real), "NEOPOLYP_MAX_SESSIONS": "2", "NEOPOLYP_EXAMPLES": str(examples)}
+    )
+    try:
+        page = httpx.get(url + "config").text
+        assert "frame_a.jpeg" in page and "clip_b.mp4" in page and "Synthetic examples" not in page
         clients = [Client(url, verbose=False) for _ in range(3)]
         clients[0].predict(handle_file(str(example_image)), api_name="/predict")
         made = _call_page_event(url, clients[0].session_hash, "mask_file", [None])

@@ -173,3 +173,20 @@ def test_saved_probabilities_round_trip_and_backends_agree(trained_model_dir, im
         from_onnx = onnx_model.predict(path).probabilities
         assert np.abs(from_onnx - expected.probabilities).max() < 1e-3  # the same numbers from ONNX Runtime
     assert not [p for p in (tmp_path / "torch").iterdir() if p.suffix != ".npz"]  # no temporary files left
+
+
+def test_images_take_every_format_load_image_reads_and_name_what_they_leave_out(
+    trained_model_dir, synthetic_data, tmp_path, capsys
+):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    frame = Image.open(sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[0]).convert("RGB")
+    for name in ("a.webp", "b.bmp", "c.tif", "d.PNG"):
+        frame.save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = run_predict(
+        "--model", str(trained_model_dir / "best"), "--images", str(folder), "--output", str(tmp_path / "s.csv")
+    )
+    ids = {row[0].rpartition("_")[0] for row in read_rows(out)[1:]}
+    assert ids == {"a", "b", "c", "d"}
+    assert "not an image, left out: notes.txt" in capsys.readouterr().err
