@@ -15,6 +15,12 @@ breathing light), the true mask warped with it, and a cut between scenes. Per ba
 
 `--input-size` runs the model at another input size than it was trained at (a fully convolutional
 U-Net accepts it): for frame rates at 256 px with a 128 px model. All figures come from one run.
+
+    python benchmarks/video.py --space --model MODEL --data-dir DATA [--ids ...]
+
+instead times the Space's Video tab (app.py on loopback, `/predict_video` through gradio_client)
+against `train/predict.py --video` on the same 10 s clip, and measures how much a 60 s 720p clip
+adds to the server's memory (peak RSS during the request, minus RSS before it).
 """
 
 from __future__ import annotations
@@ -55,7 +61,69 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--input-size", type=int, default=None, help="run the model at this input size")
     parser.add_argument("--output", default=None, help="also write the figures here as JSON")
+    parser.add_argument("--space", action="store_true", help="time the Space's Video tab against the CLI")
     return parser
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def space_benchmark(args) -> dict:
+    """The Video tab against the CLI on a 10 s clip, and the memory a 60 s 720p clip adds."""
+    import subprocess
+    import sys
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    from neopolyp_hf.loopback import start_app, stop_app
+
+    root = Path(__file__).resolve().parents[1]
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        short = argparse.Namespace(**{**vars(args), "scenes": 2, "frames_per_scene": int(5 * args.fps)})
+        clip, _, _ = make_clip(short, workdir)
+        command = [sys.executable, str(root / "train" / "predict.py"), "--model", args.model, "--video", str(clip)]
+        started = time.perf_counter()
+        subprocess.run([*command, "--output-video", str(workdir / "cli.mp4")], check=True, capture_output=True)
+        figures["cli_seconds"] = time.perf_counter() - started
+        process, url = start_app(root / "app.py", {"NEOPOLYP_MODEL": args.model, "NEOPOLYP_MAX_VIDEO_SECONDS": "61"})
+        try:
+            client = Client(url, verbose=False)
+            started = time.perf_counter()
+            client.predict(handle_file(str(clip)), api_name="/predict_video")
+            figures["space_seconds"] = time.perf_counter() - started
+            figures["space_over_cli"] = figures["space_seconds"] / figures["cli_seconds"]
+            long = argparse.Namespace(
+                **{**vars(args), "size": "1280x720", "scenes": 6, "frames_per_scene": int(10 * args.fps)}
+            )
+            long_clip, _, _ = make_clip(long, workdir)
+            before = rss_mb(process.pid)
+            peak, done = [before], threading.Event()
+
+            def watch() -> None:
+                while not done.is_set():
+                    peak.append(rss_mb(process.pid))
+                    time.sleep(0.2)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            started = time.perf_counter()
+            client.predict(handle_file(str(long_clip)), api_name="/predict_video")
+            figures["long_clip_seconds"] = time.perf_counter() - started
+            done.set()
+            watcher.join()
+            figures.update(rss_before_mb=before, rss_peak_mb=max(peak), rss_added_mb=max(peak) - before)
+        finally:
+            stop_app(process)
+    print(json.dumps(figures, indent=1))
+    return figures
 
 
 def make_clip(args, workdir: Path) -> tuple[Path, list[np.ndarray], list[int]]:
@@ -145,7 +213,12 @@ def load_backend(name: str, model: NeoPolypUNet, workdir: Path, calibration: lis
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    """Make the clip, then time and score each backend on it."""
+    """Make the clip, then time and score each backend on it (or, with --space, time the Space)."""
+    if args.space:
+        figures = space_benchmark(args)
+        if args.output:
+            Path(args.output).write_text(json.dumps(figures, indent=1))
+        return [figures]
     model = NeoPolypUNet.from_pretrained(args.model)
     if args.input_size:
         model._hub_mixin_config["input_size"] = args.input_size

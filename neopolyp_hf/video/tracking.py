@@ -98,8 +98,13 @@ class LesionTracker:
 
     def end_all(self) -> None:
         """End every live track (a scene cut, or the end of the video)."""
-        self.ended.extend(self.live)
+        self._end(self.live)
         self.live = []
+
+    def _end(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            track.footprint = None  # an ended track needs no mask: memory stays flat over a long clip
+        self.ended.extend(tracks)
 
     def update(
         self, frame_index: int, rgb: np.ndarray, mask: np.ndarray, lesions: list[Lesion]
@@ -127,7 +132,7 @@ class LesionTracker:
         for track in self.live:
             if id(track) not in seen:
                 track.missed += 1
-        self.ended.extend(t for t in self.live if t.missed > self.max_missed)
+        self._end([t for t in self.live if t.missed > self.max_missed])
         self.live = [t for t in self.live if t.missed <= self.max_missed]
         recolored = recolor_lesions(mask, {lesion.label: lesion.class_index for lesion in tracked})
         return recolored, tracked, cut
