@@ -65,3 +65,9 @@ def test_every_pin_installs_on_the_promised_pythons():
         requires = importlib.metadata.metadata(name).get("Requires-Python") or ""
         for python in (lower, space_python):
             assert python in SpecifierSet(requires), f"{name}=={version} needs Python {requires}, not {python}"
+
+
+def test_every_subpackage_is_installed():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "neopolyp_hf").rglob("__init__.py")}
+    assert found == listed  # a non-editable install (a wheel, a Space) would miss an unlisted one
