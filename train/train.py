@@ -482,14 +482,18 @@ def main(args: argparse.Namespace) -> dict:
 
     if accelerator.is_main_process and recipe.classifier_epochs > 0:
         val_ids = set(val_cache.ids)
-        state["second_stage"] = train_second_stage(
-            args,
-            recipe,
-            [s for s in samples if s.id in set(train_cache.ids)],
-            [s for s in samples if s.id in val_ids],
-            out,
-            accelerator.device,
-        )
+        train_ids = set(train_cache.ids)
+        try:
+            state["second_stage"] = train_second_stage(
+                args,
+                recipe,
+                [s for s in samples if s.id in train_ids],
+                [s for s in samples if s.id in val_ids],
+                out,
+                accelerator.device,
+            )
+        except ValueError as error:  # e.g. a training split without lesions of both classes
+            raise SystemExit(f"error: the second stage cannot train: {error}") from error
         write_text_atomic(out / "second_stage.json", json.dumps(state["second_stage"], indent=1))
 
     if accelerator.is_main_process:
