@@ -70,8 +70,9 @@ class LesionTracker:
       half-life of `half_life` frames. One frame of weight w moves the mean by w / (W + w) of its
       difference, where W is the track's weight so far: a single odd frame in a long track barely
       moves it, while a track that keeps saying the other thing turns within about a half-life.
-      The class changes only when the probability leaves the uncertain range on the other side
-      (hysteresis): a track hovering near 0.5 does not flicker between the colours.
+      For its first `settle_frames` frames a track's class follows that mean; after them it changes
+      only when the mean passes 0.5 by `hysteresis` on the other side, so a track hovering near 0.5
+      does not flicker between the colours, and an early wrong call is not locked in.
     """
 
     def __init__(
@@ -81,9 +82,12 @@ class LesionTracker:
         min_iou: float = 0.1,
         max_missed: int = 5,
         half_life: float = 30.0,
+        hysteresis: float = 0.05,
+        settle_frames: int = 5,
     ) -> None:
         self.class_names, self.uncertain_range = list(class_names), tuple(uncertain_range)
         self.min_iou, self.max_missed = min_iou, max_missed
+        self.hysteresis, self.settle_frames = hysteresis, settle_frames
         self.decay = 0.5 ** (1.0 / half_life) if half_life > 0 else 1.0
         self.live: list[Track] = []
         self.ended: list[Track] = []
@@ -155,12 +159,11 @@ class LesionTracker:
         track.frames_seen += 1
         track.largest_area = max(track.largest_area, lesion.area_px)
         probability = track.neoplastic_probability
-        low, high = self.uncertain_range
-        if track.frames_seen == 1:
+        if track.frames_seen <= self.settle_frames:
             track.class_index = NEOPLASTIC if probability >= 0.5 else NON_NEOPLASTIC
-        elif track.class_index == NEOPLASTIC and probability < low:
+        elif track.class_index == NEOPLASTIC and probability < 0.5 - self.hysteresis:
             track.class_index = NON_NEOPLASTIC
-        elif track.class_index == NON_NEOPLASTIC and probability > high:
+        elif track.class_index == NON_NEOPLASTIC and probability > 0.5 + self.hysteresis:
             track.class_index = NEOPLASTIC
 
     def _tracked_lesion(self, lesion: Lesion, track: Track) -> Lesion:
