@@ -11,7 +11,7 @@ import numpy as np
 from ..classes import NEOPLASTIC, NON_NEOPLASTIC
 from ..lesions import Lesion, recolor_lesions
 from .crops import lesion_crops, normalize_crops
-from .fusion import fused_logit, logit, sigmoid
+from .fusion import fused_logit, sigmoid
 
 # (N, 3, S, S) float32 normalized crops -> (N,) float32 logits of P(neoplastic | polyp).
 ClassifyFn = Callable[[np.ndarray], np.ndarray]
@@ -80,4 +80,4 @@ def apply_second_stage(
     return recolor_lesions(mask, {lesion.label: lesion.class_index for lesion in fused}), fused
 
 
-__all__ = ["ClassifyFn", "apply_second_stage", "classifier_probabilities", "fuse_lesions", "logit"]
+__all__ = ["ClassifyFn", "apply_second_stage", "classifier_probabilities", "fuse_lesions"]
