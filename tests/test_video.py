@@ -150,6 +150,31 @@ def test_a_track_keeps_its_class_against_single_frames_and_turns_on_steady_evide
     assert int(np.count_nonzero(np.diff(frame_by_frame))) >= 6
 
 
+def test_a_lesion_split_into_pieces_keeps_one_track_and_one_class():
+    frame = np.zeros((120, 160, 3), np.uint8)
+    whole = square_mask(40, 40, size=30)
+    split = np.maximum(whole, square_mask(120, 80, size=15))  # the lesion, and another one far from it
+    split[:, 54:57] = 0  # the segmenter splits the lesion: a left piece (label 1) and a right one (label 2)
+    pieces = [
+        lesion(1, 420, 0.8, (40, 40, 14, 30)),
+        lesion(2, 390, 0.2, (57, 40, 13, 30)),  # this piece alone says non-neoplastic
+        lesion(3, 225, 0.8, (120, 80, 15, 15)),
+    ]
+    for join_fraction, expected_ids in [(0.5, [1, 1, 2]), (2.0, [1, 2, 3])]:  # 2.0: pieces never join
+        tracker = LesionTracker(list(CLASS_NAMES), join_fraction=join_fraction)
+        tracker.update(0, frame, whole, [lesion(1, 900, 0.8, (40, 40, 30, 30))])
+        recolored, tracked, _ = tracker.update(1, frame, split, pieces)
+        assert [t.track_id for t in tracked] == expected_ids
+    # Joined, the right piece takes its track's class, in the lesion table and in the mask.
+    tracker = LesionTracker(list(CLASS_NAMES))
+    tracker.update(0, frame, whole, [lesion(1, 900, 0.8, (40, 40, 30, 30))])
+    recolored, tracked, _ = tracker.update(1, frame, split, pieces)
+    assert tracked[1].class_index == NEOPLASTIC and (recolored[40:70, 57:70] == NEOPLASTIC).all()
+    first = tracker.tracks[0]
+    assert first.frames_seen == 2 and first.largest_area == 900  # a frame's pieces count once, summed
+    assert 0.5 < first.neoplastic_probability < 0.8  # the dissenting piece moved the evidence
+
+
 def test_segment_video_yields_every_frame_with_tracks_and_every_n(trained_model_dir, small_clip):
     model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
     results = list(segment_video(model, small_clip))

@@ -48,8 +48,8 @@ class VideoFrameResult:
 
     @property
     def track_ids(self) -> list[int]:
-        """The ids of the tracks seen in this frame."""
-        return [lesion.track_id for lesion in self.lesions if lesion.track_id is not None]
+        """The ids of the tracks seen in this frame, once each (a track may hold several pieces)."""
+        return sorted({lesion.track_id for lesion in self.lesions if lesion.track_id is not None})
 
 
 def segment_video(
