@@ -10,7 +10,7 @@ breathing light), the true mask warped with it, and a cut between scenes. Per ba
 - end-to-end frames/s: decode, model, tracking, overlay and H.264 encode (`write_video_outputs`);
 - model-only frames/s: `predict()` on the same decoded frames, the ceiling, and the ratio of the two;
 - pooled Dice per class over all frames, with tracking and frame by frame (`--no-tracking`);
-- flicker: class changes per track per 100 lesion-frames, with and without tracking;
+- flicker: class changes per track per 100 track-frames, with and without tracking;
 - track-id switches inside a scene: a true lesion whose best-overlapping track changes.
 
 `--input-size` runs the model at another input size than it was trained at (a fully convolutional
@@ -148,19 +148,22 @@ def make_clip(args, workdir: Path) -> tuple[Path, list[np.ndarray], list[int]]:
 
 
 def flicker(results, tracked: bool) -> float:
-    """Class changes per track per 100 lesion-frames. Frame by frame, lesions are matched into tracks
-    by the same tracker, but each keeps the class its own frame gave it."""
+    """Class changes per track per 100 track-frames. Frame by frame, lesions are matched into tracks by
+    the same tracker, but each keeps the class its own frame gave it; a track holding several pieces
+    in one frame counts the class most of their area has."""
     tracker = None if tracked else LesionTracker(list(CLASS_NAMES))
     last: dict[int, int] = {}
     changes = seen = 0
     for result in results:
-        lesions = result.lesions
+        track_ids = [lesion.track_id for lesion in result.lesions]
         if tracker is not None:
-            _, matched, _ = tracker.update(result.index, result.frame, result.mask, lesions)
-            lesions = [(m.track_id, own.class_index) for m, own in zip(matched, result.lesions, strict=True)]
-        else:
-            lesions = [(lesion.track_id, lesion.class_index) for lesion in lesions]
-        for track_id, class_index in lesions:
+            _, matched, _ = tracker.update(result.index, result.frame, result.mask, result.lesions)
+            track_ids = [lesion.track_id for lesion in matched]
+        area: dict[int, np.ndarray] = {}
+        for track_id, lesion in zip(track_ids, result.lesions, strict=True):
+            area.setdefault(track_id, np.zeros(len(CLASS_NAMES)))[lesion.class_index] += lesion.area_px
+        for track_id, by_class in area.items():
+            class_index = int(by_class.argmax())
             seen += 1
             changes += track_id in last and last[track_id] != class_index
             last[track_id] = class_index
