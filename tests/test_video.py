@@ -101,7 +101,9 @@ def test_the_writer_makes_browser_h264_atomically(frames, tmp_path):
 
 
 def lesion(label, area, p, bbox=(0, 0, 1, 1)) -> Lesion:
-    return Lesion(label, area, 1.0, NEOPLASTIC, "neoplastic", 0.9, bbox, p, False)
+    """A lesion whose own frame calls P(neoplastic | polyp) = p (uncertain inside [0.35, 0.65])."""
+    class_index = NEOPLASTIC if p >= 0.5 else NON_NEOPLASTIC
+    return Lesion(label, area, 1.0, class_index, CLASS_NAMES[class_index], 0.9, bbox, p, 0.35 <= p <= 0.65)
 
 
 def square_mask(x: int, y: int, size: int = 20, shape=(120, 160), cls: int = NEOPLASTIC) -> np.ndarray:
@@ -155,24 +157,30 @@ def test_a_lesion_split_into_pieces_keeps_one_track_and_one_class():
     whole = square_mask(40, 40, size=30)
     split = np.maximum(whole, square_mask(120, 80, size=15))  # the lesion, and another one far from it
     split[:, 54:57] = 0  # the segmenter splits the lesion: a left piece (label 1) and a right one (label 2)
-    pieces = [
-        lesion(1, 420, 0.8, (40, 40, 14, 30)),
-        lesion(2, 390, 0.2, (57, 40, 13, 30)),  # this piece alone says non-neoplastic
-        lesion(3, 225, 0.8, (120, 80, 15, 15)),
-    ]
-    for join_fraction, expected_ids in [(0.5, [1, 1, 2]), (2.0, [1, 2, 3])]:  # 2.0: pieces never join
+
+    def second_frame(right_piece_p: float, join_fraction: float = 0.5):
         tracker = LesionTracker(list(CLASS_NAMES), join_fraction=join_fraction)
-        tracker.update(0, frame, whole, [lesion(1, 900, 0.8, (40, 40, 30, 30))])
+        tracker.update(0, frame, whole, [lesion(1, 700, 0.8, (40, 40, 30, 30))])
+        pieces = [
+            lesion(1, 420, 0.8, (40, 40, 14, 30)),
+            lesion(2, 390, right_piece_p, (57, 40, 13, 30)),
+            lesion(3, 225, 0.8, (120, 80, 15, 15)),
+        ]
         recolored, tracked, _ = tracker.update(1, frame, split, pieces)
-        assert [t.track_id for t in tracked] == expected_ids
+        return tracker, recolored, tracked
+
+    tracker, recolored, tracked = second_frame(0.45)  # the right piece leans non-neoplastic, unsure
+    assert [t.track_id for t in tracked] == [1, 1, 2]
     # Joined, the right piece takes its track's class, in the lesion table and in the mask.
-    tracker = LesionTracker(list(CLASS_NAMES))
-    tracker.update(0, frame, whole, [lesion(1, 900, 0.8, (40, 40, 30, 30))])
-    recolored, tracked, _ = tracker.update(1, frame, split, pieces)
     assert tracked[1].class_index == NEOPLASTIC and (recolored[40:70, 57:70] == NEOPLASTIC).all()
     first = tracker.tracks[0]
-    assert first.frames_seen == 2 and first.largest_area == 900  # a frame's pieces count once, summed
-    assert 0.5 < first.neoplastic_probability < 0.8  # the dissenting piece moved the evidence
+    assert first.frames_seen == 2 and first.largest_area == 810  # a frame's pieces count once, summed
+    assert 0.5 < first.neoplastic_probability < 0.8  # the unsure piece moved the evidence
+    # A piece that confidently calls the other class may be a second polyp: its own track and class.
+    _, _, tracked = second_frame(0.1)
+    assert [t.track_id for t in tracked] == [1, 2, 3] and tracked[1].class_index == NON_NEOPLASTIC
+    _, _, tracked = second_frame(0.45, join_fraction=2.0)  # joining switched off: a piece is a new track
+    assert [t.track_id for t in tracked] == [1, 2, 3]
 
 
 def test_segment_video_yields_every_frame_with_tracks_and_every_n(trained_model_dir, small_clip):

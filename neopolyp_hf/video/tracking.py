@@ -65,8 +65,10 @@ class LesionTracker:
       less than `min_iou` is no match. A lesion left over that lies at least `join_fraction` inside a
       live track's last mask (grown by `join_margin` px at the overlap width) joins that track as a
       piece of it: a segmenter often splits one polyp into pieces that come and go between frames,
-      and each piece starting its own track would hand the polyp's id from one to the next. Any other
-      unmatched lesion starts a new track.
+      and each piece starting its own track would hand the polyp's id from one to the next. A piece
+      whose own call confidently says the other class does not join: it may be a second polyp beside
+      the first, and joining would paint it in the wrong class. Any other unmatched lesion starts a
+      new track.
     - **Survival.** A track not seen in a frame survives `max_missed` frames, then ends. A scene cut
       ends every track.
     - **Class.** A track's P(neoplastic | polyp) is the mean of its frames' log-odds weighted by each
@@ -131,7 +133,7 @@ class LesionTracker:
             self.end_all()
             self.scene += 1
         footprints = lesion_footprints(mask, lesions)
-        matches = self._match(footprints)
+        matches = self._match(footprints, lesions)
         pieces: dict[int, list[int]] = {}  # track id -> this frame's lesions in it (a polyp's pieces)
         for i in range(len(lesions)):
             track = matches.get(i)
@@ -158,9 +160,10 @@ class LesionTracker:
         recolored = recolor_lesions(mask, {lesion.label: lesion.class_index for lesion in tracked})
         return recolored, tracked, cut
 
-    def _match(self, footprints: list[np.ndarray]) -> dict[int, Track]:
+    def _match(self, footprints: list[np.ndarray], lesions: list[Lesion]) -> dict[int, Track]:
         """Lesion index -> live track: one to one by the optimal assignment on IoU; then each lesion left
-        over that lies mostly inside a live track's last footprint joins it, as a piece of that lesion."""
+        over that lies mostly inside a live track's last footprint, and does not confidently call the
+        other class, joins it as a piece of that lesion."""
         if not self.live or not footprints:
             return {}
         overlap = np.array([[mask_iou(t.footprint, f) for f in footprints] for t in self.live])
@@ -173,8 +176,10 @@ class LesionTracker:
                     continue
                 inside = [covered_fraction(footprint, g) for g in grown]
                 best = int(np.argmax(inside))
-                if inside[best] >= self.join_fraction:
-                    matches[i] = self.live[best]
+                track = self.live[best]
+                dissents = lesions[i].class_index != track.class_index and not lesions[i].uncertain
+                if inside[best] >= self.join_fraction and not dissents:
+                    matches[i] = track
         return matches
 
     def _observe(self, track: Track, frame_index: int, lesions: list[Lesion], footprint: np.ndarray) -> None:
