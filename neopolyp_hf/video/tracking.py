@@ -73,8 +73,7 @@ class LesionTracker:
       ends every track.
     - **Class.** A track's P(neoplastic | polyp) is the mean of its frames' log-odds weighted by each
       piece's area, older frames decaying with a half-life of `half_life` frames. (A confident frame
-      already carries large log-odds; weighting it by its confidence as well let the classifier's
-      confident neoplastic calls outvote the rest, and cost Dice in both classes on held-out clips.)
+      already carries large log-odds; weighting it by its confidence as well measured no better.)
       One frame of weight w moves the mean by w / (W + w) of its difference, where W is the track's
       weight so far: a single odd frame in a long track barely moves it, while a track that keeps
       saying the other thing turns within about a half-life.
