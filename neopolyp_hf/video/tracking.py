@@ -168,17 +168,15 @@ class LesionTracker:
         overlap = np.array([[mask_iou(t.footprint, f) for f in footprints] for t in self.live])
         rows, cols = linear_sum_assignment(-overlap)
         matches = {int(c): self.live[int(r)] for r, c in zip(rows, cols, strict=True) if overlap[r, c] >= self.min_iou}
-        if self.join_fraction <= 1.0:
-            grown = [grow(t.footprint, self.join_margin) for t in self.live]
-            for i, footprint in enumerate(footprints):
-                if i in matches:
-                    continue
-                inside = [covered_fraction(footprint, g) for g in grown]
-                best = int(np.argmax(inside))
-                track = self.live[best]
-                dissents = lesions[i].class_index != track.class_index and not lesions[i].uncertain
-                if inside[best] >= self.join_fraction and not dissents:
-                    matches[i] = track
+        left_over = [i for i in range(len(footprints)) if i not in matches]
+        grown = [grow(t.footprint, self.join_margin) for t in self.live] if left_over else []
+        for i in left_over:
+            inside = [covered_fraction(footprints[i], g) for g in grown]
+            best = int(np.argmax(inside))
+            track = self.live[best]
+            dissents = lesions[i].class_index != track.class_index and not lesions[i].uncertain
+            if inside[best] >= self.join_fraction and not dissents:
+                matches[i] = track
         return matches
 
     def _observe(self, track: Track, frame_index: int, lesions: list[Lesion], footprint: np.ndarray) -> None:
