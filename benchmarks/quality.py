@@ -73,6 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, default=None, help="input size instead of the recipe's CPU one (e.g. 256 on a GPU)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds and the training")
+    parser.add_argument("--no-tta", action="store_true", help="score without flip TTA only (halves the scoring)")
     parser.add_argument("--print-command", action="store_true", help="print the CPU protocol's train.py command")
     return parser
 
@@ -102,8 +103,6 @@ def train_command(
         str(image_size or recipe.cpu_image_size),
         "--epochs",
         str(epochs or recipe.cpu_epochs),
-        "--encoder-weights",
-        "none",
         # The one-cycle schedule ends near zero: keep the last epoch, and validate only for the curves.
         "--checkpoint",
         "last",
@@ -157,13 +156,14 @@ def run_fold(spec: str, fold: int, folds: list[list[str]], args: argparse.Namesp
         "recipe": spec,
         "fold": fold,
         "image_size": model.config["input_size"],
+        "encoder": model.config["encoder_name"],
         "epochs": len(history),
         "device": info.device,
         "train_minutes": round(sum(h["epoch_seconds"] for h in history) / 60, 1),
     }
-    modes = [("plain", False, True), ("tta", True, True)]
+    modes = [("plain", False, True)] + ([] if args.no_tta else [("tta", True, True)])
     if model.has_second_stage:  # the same run's segmenter alone: the one-stage figures at the same epochs
-        modes += [("plain_one_stage", False, False), ("tta_one_stage", True, False)]
+        modes += [("plain_one_stage", False, False)] + ([] if args.no_tta else [("tta_one_stage", True, False)])
         result["second_stage"] = json.loads((out / "second_stage.json").read_text())
     for mode, tta, second_stage in modes:
         started = time.perf_counter()
@@ -248,7 +248,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             print(json.dumps({k: v for k, v in results[-1].items() if k != "tta"}), flush=True)
     rows = summarize(results)
     write_text_atomic(Path(args.output_dir) / "quality_folds.json", json.dumps(rows, indent=1))
-    print(f"\n{args.folds} stratified folds (seed {args.seed}), from scratch; full-resolution, left-out fold\n")
+    print(f"\n{args.folds} stratified folds (seed {args.seed}); full-resolution, left-out fold\n")
     print_table(rows)
     print("\nFound-lesion class accuracy (predicted lesions over a true polyp), per source\n")
     print_table(rows, LESION_CLASS_COLUMNS, minutes=False)

@@ -8,9 +8,8 @@ from typing import Any
 
 from .classes import CLASS_COLORS, CLASS_NAMES
 from .errors import ConfigError
+from .pretrained import encoder_normalization
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 KNOWN_ENCODER_WEIGHTS = (None, "imagenet")
 # "classes": one logit per class. "polyp_then_class": a class-agnostic polyp logit, then logits
 # of the polyp classes among polyp pixels (as NeoUNet and BlazeNeo), combined into class scores.
@@ -34,8 +33,10 @@ class ModelConfig:
     encoder_name: str = "resnet34"
     encoder_weights: str | None = None
     input_size: int = 256
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # Per-channel normalization of pixels in [0, 1]; None: what the encoder's weights were trained with
+    # (`neopolyp_hf.pretrained.encoder_normalization`). A saved config always holds the numbers.
+    mean: list[float] | None = None
+    std: list[float] | None = None
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     class_colors: list[list[int]] = field(default_factory=lambda: [list(c) for c in CLASS_COLORS])
     head: str = "classes"
@@ -57,8 +58,9 @@ class ModelConfig:
         size = self.input_size
         if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048 or size % 32:
             raise ConfigError(f"config field 'input_size' must be a multiple of 32 in [32, 2048], got {size!r}")
-        object.__setattr__(self, "mean", _number_triple("mean", self.mean))
-        object.__setattr__(self, "std", _number_triple("std", self.std))
+        default_mean, default_std = encoder_normalization(self.encoder_name, self.encoder_weights)
+        object.__setattr__(self, "mean", _number_triple("mean", default_mean if self.mean is None else self.mean))
+        object.__setattr__(self, "std", _number_triple("std", default_std if self.std is None else self.std))
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"config field 'std' must be positive, got {self.std!r}")
         if list(self.class_names) != list(CLASS_NAMES):

@@ -25,3 +25,7 @@ class ModelSourceError(NeoPolypError, OSError):
 
 class VideoLoadError(NeoPolypError, ValueError):
     """A video that cannot be read (not a video, corrupt, empty, too large or too long), named in the message."""
+
+
+class EncoderWeightsError(NeoPolypError, OSError):
+    """Pretrained encoder weights that cannot be had (a missing package or download) or do not fit the encoder."""

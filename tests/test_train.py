@@ -92,6 +92,8 @@ def test_imagenet_unavailable_fails_fast_with_advice(tmp_path, synthetic_data, n
         "1",
         "--image-size",
         "64",
+        "--encoder-name",
+        "resnet34",
         "--encoder-weights",
         "imagenet",
     ]
@@ -99,6 +101,7 @@ def test_imagenet_unavailable_fails_fast_with_advice(tmp_path, synthetic_data, n
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0
     assert "--encoder-weights none" in result.stderr
+    assert "--encoder-name timm-tf_efficientnet_lite0" in result.stderr  # the ImageNet encoders that need no Hub
     assert not (tmp_path / "o" / "best").exists()
     assert time.perf_counter() - started < 60  # not the 25 s+ hang of a blind download attempt, plus start-up
 
@@ -286,7 +289,7 @@ def test_split_file_last_checkpoint_and_polyp_head_recipe(tmp_path, synthetic_da
     assert result.returncode != 0 and "'nope'" in result.stderr
 
 
-def test_the_protocol_command_trains_the_default_recipe_from_scratch_at_its_cpu_budget():
+def test_the_protocol_command_trains_the_default_recipe_at_its_cpu_budget():
     from neopolyp_hf import recipes
 
     quality = load_script("quality", folder="benchmarks")
@@ -294,7 +297,8 @@ def test_the_protocol_command_trains_the_default_recipe_from_scratch_at_its_cpu_
     assert command[:2] == ["python", "train/train.py"]
     args = load_script("train").get_args_parser().parse_args(command[2:])  # a command train.py accepts
     recipe = recipes.resolve_recipe(args.recipe)
-    assert (args.recipe, args.data_dir, args.output_dir, args.encoder_weights) == ("neopolyp", "DATA", "OUT", "none")
+    assert (args.recipe, args.data_dir, args.output_dir) == ("neopolyp", "DATA", "OUT")
+    assert args.encoder_name is None and args.encoder_weights is None  # the recipe's encoder and weights
     assert (args.image_size, args.epochs) == (recipe.cpu_image_size, recipe.cpu_epochs)
     assert args.checkpoint == "last" and args.val_fraction == 0.2  # the usual validation share
 

