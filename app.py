@@ -2,7 +2,7 @@
 
 Environment (all optional): NEOPOLYP_MODEL (model folder, Hub repo id or .onnx file),
 NEOPOLYP_REVISION, NEOPOLYP_BACKEND (auto|torch|onnx; auto: ONNX Runtime on a CPU, torch on CUDA),
-NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE (bytes, 20 MB),
+NEOPOLYP_PRECISION (fp32|bf16|int8), NEOPOLYP_MAX_PIXELS, NEOPOLYP_MAX_FILE_SIZE (20MB; bytes or a unit),
 NEOPOLYP_CACHE_SECONDS (uploads and outputs older than this are deleted; 300), NEOPOLYP_QUEUE_SIZE
 (requests waiting beyond it get "queue full, try again"; 16), NEOPOLYP_MAX_OUTPUT_MB (the overlays,
 uncertainty views and mask PNGs kept for download, oldest deleted first; 64), NEOPOLYP_MAX_SESSIONS
@@ -27,38 +27,62 @@ from PIL import Image
 
 from neopolyp_hf import ImageLoadError, ModelSourceError
 from neopolyp_hf.atomic import write_atomic
-from neopolyp_hf.errors import VideoLoadError
+from neopolyp_hf.errors import ConfigError, NeoPolypError
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving import (
     LESION_HEADERS,
+    TRACK_TABLE_HEADERS,
     KeptPrediction,
     OutputStore,
+    class_color_map,
+    frame_sentences,
+    legend_html,
     lesion_rows,
     limit_malloc_arenas,
     load_segmenter,
+    parse_size,
     percentages_sentences,
     percentages_summary,
+    timeline_plot_rows,
+    track_table,
+    uncertainty_scale_html,
 )
 from neopolyp_hf.synthetic import synthetic_pair
 from neopolyp_hf.video.io import probe_video
 from neopolyp_hf.video.live import LiveSegmenter
-from neopolyp_hf.video.pipeline import TRACK_HEADERS, write_video_outputs
+from neopolyp_hf.video.pipeline import write_video_outputs
 
 limit_malloc_arenas()  # before the server's threads start: bounded memory under load
 
 DEFAULT_MODEL = "neopolyp/neopolyp"
 MODEL_SOURCE = os.environ.get("NEOPOLYP_MODEL", DEFAULT_MODEL)
+
+
+def setting(variable: str, default, unit: str, parse=int):
+    """A number from the environment; a value that is not one stops the start, naming the variable and unit."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        number = parse(value)
+    except ValueError:
+        number = None
+    if number is None or number <= 0:
+        sys.exit(f"NeoPolyp cannot start: {variable}={value!r} must be a positive number of {unit}")
+    return number
+
+
 try:
-    MAX_PIXELS = int(os.environ.get("NEOPOLYP_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-    MAX_FILE_SIZE = int(os.environ.get("NEOPOLYP_MAX_FILE_SIZE", 20_000_000))
-    CACHE_SECONDS = int(os.environ.get("NEOPOLYP_CACHE_SECONDS", 300))
-    QUEUE_SIZE = int(os.environ.get("NEOPOLYP_QUEUE_SIZE", 16))
-    MAX_OUTPUT_MB = int(os.environ.get("NEOPOLYP_MAX_OUTPUT_MB", 64))
-    MAX_SESSIONS = int(os.environ.get("NEOPOLYP_MAX_SESSIONS", 200))
-    MAX_VIDEO_SECONDS = float(os.environ.get("NEOPOLYP_MAX_VIDEO_SECONDS", 60))
-except ValueError as error:
-    sys.exit(f"NeoPolyp cannot start: a NEOPOLYP_* size or time setting is not a whole number: {error}")
+    MAX_FILE_SIZE = parse_size("NEOPOLYP_MAX_FILE_SIZE", os.environ.get("NEOPOLYP_MAX_FILE_SIZE", "20MB"))
+except ConfigError as error:
+    sys.exit(f"NeoPolyp cannot start: {error}")
+MAX_PIXELS = setting("NEOPOLYP_MAX_PIXELS", DEFAULT_MAX_PIXELS, "pixels (width x height)")
+CACHE_SECONDS = setting("NEOPOLYP_CACHE_SECONDS", 300, "seconds")
+QUEUE_SIZE = setting("NEOPOLYP_QUEUE_SIZE", 16, "requests")
+MAX_OUTPUT_MB = setting("NEOPOLYP_MAX_OUTPUT_MB", 64, "megabytes (MB)")
+MAX_SESSIONS = setting("NEOPOLYP_MAX_SESSIONS", 200, "sessions")
+MAX_VIDEO_SECONDS = setting("NEOPOLYP_MAX_VIDEO_SECONDS", 60.0, "seconds", parse=float)
 
 try:
     MODEL, INFO = load_segmenter(
@@ -132,25 +156,27 @@ else:
     IMAGE_EXAMPLES, VIDEO_EXAMPLES, EXAMPLES_LABEL = [], [], "Examples"
 
 
-@gpu
-def predict(upload: dict | None, tta: bool, opacity: float):
-    """Segment one upload: overlay, percentages and lesion table (the /predict API).
+class UploadProblem(Exception):
+    """A user's upload that cannot be segmented: a message for the user, never a traceback."""
 
-    The event runs with preprocess=False, so `upload` is Gradio's file payload and the file is
-    handed over untouched: the package's loader checks it (format, corruption, size, EXIF,
-    16-bit) and reports problems in its own words.
+
+def segment_image(upload: dict | None, tta: bool, opacity: float):
+    """Segment one upload: the overlay file, the percentages, the lesion rows and what the session keeps.
+
+    The events run with preprocess=False, so `upload` is Gradio's file payload and the file is handed
+    over untouched: the package's loader checks it (format, corruption, size, EXIF, 16-bit) and reports
+    problems in its own words.
     """
     if not upload or not upload.get("path"):
-        raise gr.Error("Upload an image first.")
+        raise UploadProblem("Upload an image first.")
     image_path = upload["path"]
     try:
         prediction = MODEL.predict(image_path, tta=tta, max_pixels=MAX_PIXELS)
-    except (ImageLoadError, ValueError) as error:
+    except (NeoPolypError, ValueError) as error:
         # Name the upload by its file name, not the server's temporary path.
         message = str(error).replace(image_path, Path(image_path).name)
-        raise gr.Error(f"Cannot segment this upload: {message}") from error
-    # The overlay goes out as JPEG: a few ms, where PNG took ~350 ms. The uncertainty view is
-    # rendered only when its tab is open: most requests never show it.
+        raise UploadProblem(f"Cannot segment this upload: {message}") from error
+    # The overlay goes out as JPEG: a few ms, where PNG took ~350 ms.
     return (
         save_view(prediction.render_overlay(opacity), "neopolyp_overlay"),
         percentages_summary(prediction),
@@ -159,23 +185,41 @@ def predict(upload: dict | None, tta: bool, opacity: float):
     )
 
 
-def after_predict(percentages: dict | None, kept: KeptPrediction | None, uncertainty_open: bool):
-    """The page's follow-up: the percentages as sentences, and the uncertainty view if its tab is open."""
-    sentences = percentages_sentences(percentages) if percentages else ""
-    return sentences, show_uncertainty(kept) if uncertainty_open else None
+@gpu
+def predict(upload: dict | None, tta: bool, opacity: float):
+    """The /predict API: overlay, percentages, lesion table; a bad upload is an error naming the problem."""
+    try:
+        return segment_image(upload, tta, opacity)
+    except UploadProblem as problem:
+        raise gr.Error(str(problem), print_exception=False) from None
+
+
+@gpu
+def predict_page(upload: dict | None, tta: bool, opacity: float, uncertainty_open: bool):
+    """The page's Segment button. Every output belongs to this request: a failed one clears them all
+    (no earlier frame's numbers or mask stay on the page) and says why in a notice and in the summary.
+    The uncertainty view is rendered only when its tab is open: most requests never show it."""
+    try:
+        overlay, percentages, rows, kept = segment_image(upload, tta, opacity)
+    except UploadProblem as problem:
+        gr.Warning(str(problem))
+        return None, None, [], None, str(problem), None, gr.File(value=None, visible=False)
+    uncertainty = show_uncertainty(kept) if uncertainty_open else None
+    sentences = percentages_sentences(percentages)
+    return overlay, percentages, rows, kept, sentences, uncertainty, gr.File(value=None, visible=False)
 
 
 def _from_kept(kept: KeptPrediction, render) -> str:
     try:
         return render(kept)
     except ImageLoadError as error:  # the upload has aged out of the cache
-        raise gr.Error("This frame has expired from the server; upload it again.") from error
+        raise gr.Error("This frame has expired from the server; upload it again.", print_exception=False) from error
 
 
 def rerender(kept: KeptPrediction | None, opacity: float):
     """Re-blend the last prediction at a new opacity, without running the model again."""
     if kept is None:
-        return None
+        return gr.skip()
     return _from_kept(kept, lambda k: save_view(k.render_overlay(opacity, MAX_PIXELS), "neopolyp_overlay"))
 
 
@@ -189,27 +233,22 @@ def show_uncertainty(kept: KeptPrediction | None):
 def mask_file(kept: KeptPrediction | None):
     """The last prediction's colour mask as a lossless PNG, written only when asked for."""
     if kept is None:
-        raise gr.Error("Segment an image first (a result is kept for a few minutes).")
+        gr.Warning("Segment an image first (a result is kept for a few minutes).")
+        return gr.File(value=None, visible=False)
     path = OUTPUTS.save(
         "neopolyp_mask", ".png", lambda path: save_mask_png(kept.mask, path, kept.class_colors), plain_name=True
     )
     return gr.File(value=str(path), visible=True)
 
 
-def video_path(upload) -> str:
-    """The uploaded file's path from the Video component's payload (the event runs with preprocess=False)."""
+def segment_clip(upload, progress):
+    """Segment a clip with lesion tracking: the overlaid MP4, the timeline plot's rows and the track table.
+    Length and frame size are checked before any frame is decoded."""
     if isinstance(upload, dict):
         upload = (upload.get("video") or upload).get("path")
     if not upload:
-        raise gr.Error("Upload a video first.")
-    return str(upload)
-
-
-@gpu
-def predict_video(upload, progress=gr.Progress()):
-    """Segment a clip with lesion tracking: the overlaid MP4, the timeline plot and the track table
-    (the /predict_video API). Length and frame size are checked before any frame is decoded."""
-    path = video_path(upload)
+        raise UploadProblem("Upload a video first.")
+    path = str(upload)
     runs = []
 
     def write(out: Path) -> Path:
@@ -228,37 +267,46 @@ def predict_video(upload, progress=gr.Progress()):
     try:
         probe_video(path, MAX_PIXELS, MAX_VIDEO_SECONDS)
         clip = OUTPUTS.save("neopolyp_video", ".mp4", write)
-    except (VideoLoadError, ValueError) as error:
-        raise gr.Error(f"Cannot segment this video: {str(error).replace(path, Path(path).name)}") from error
-    rows = runs[-1].timeline
+    except (NeoPolypError, ValueError) as error:
+        raise UploadProblem(f"Cannot segment this video: {str(error).replace(path, Path(path).name)}") from error
+    run = runs[-1]
     timeline = pd.DataFrame(
-        [(float(r[1]), float(r[2]), "neoplastic") for r in rows]
-        + [(float(r[1]), float(r[3]), "non-neoplastic") for r in rows],
-        columns=["time (s)", "polyp pixels (% of frame)", "class"],
+        timeline_plot_rows(run.timeline), columns=["time (s)", "polyp pixels (% of frame)", "class"]
     )
-    return str(clip), timeline, runs[-1].tracks
+    return str(clip), timeline, pd.DataFrame(track_table(run.tracks, run.timeline), columns=TRACK_TABLE_HEADERS)
 
 
+@gpu
+def predict_video(upload, progress=gr.Progress()):
+    """The /predict_video API; a bad clip is an error naming the problem."""
+    try:
+        return segment_clip(upload, progress)
+    except UploadProblem as problem:
+        raise gr.Error(str(problem), print_exception=False) from None
+
+
+@gpu
+def predict_video_page(upload, progress=gr.Progress()):
+    """The page's clip button: a failed request clears the outputs and says why."""
+    try:
+        return segment_clip(upload, progress)
+    except UploadProblem as problem:
+        gr.Warning(str(problem))
+        return None, None, None
+
+
+@gpu
 def camera_frame(frame: np.ndarray | None, live: LiveSegmenter | None):
-    """One webcam frame: its overlay with tracking, or no update where the model is still busy."""
+    """One webcam frame: its overlay with tracking and its percentages, or no update where the model is
+    still busy."""
     if frame is None:
-        return gr.skip(), live
+        return gr.skip(), gr.skip(), live
     live = live or LiveSegmenter(MODEL)
     result = live.segment(frame)
     if result is None:  # dropped: the newest frame wins, so lag never grows
-        return gr.skip(), live
-    return result[0], live
-
-
-def legend_html() -> str:
-    """Colour legend from the model's own config."""
-    items = [
-        f'<span style="display:inline-flex;align-items:center;margin-right:1.2em">'
-        f'<span style="width:1em;height:1em;background:rgb({r},{g},{b});display:inline-block;'
-        f'margin-right:.4em;border:1px solid #888"></span>{name.replace("_", "-")}</span>'
-        for name, (r, g, b) in zip(MODEL.config["class_names"][1:], MODEL.config["class_colors"][1:], strict=True)
-    ]
-    return '<div id="legend">' + "".join(items) + "</div>"
+        return gr.skip(), gr.skip(), live
+    overlay, _, percentages = result
+    return overlay, frame_sentences(percentages), live
 
 
 NOTICE = (
@@ -295,21 +343,25 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
                 with gr.Tabs():
                     with gr.Tab("Segmentation") as segmentation_tab:
                         overlay_output = gr.Image(label="Segmentation overlay", type="filepath", elem_id="overlay")
+                        gr.HTML(legend_html())
                     with gr.Tab("Uncertainty") as uncertainty_tab:
                         uncertainty_output = gr.Image(
                             label="Uncertainty (bright: the model is unsure)",
                             type="filepath",
                             elem_id="uncertainty",
                         )
+                        gr.HTML(uncertainty_scale_html())
                         gr.Markdown(UNCERTAINTY_HELP)
-                gr.HTML(legend_html())
                 summary_output = gr.Markdown(elem_id="summary")
                 # The API's JSON of the same numbers; people read the sentences above.
                 percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages", visible=False)
                 mask_button = gr.Button("Make the mask PNG (lossless)", elem_id="make-mask")
                 mask_output = gr.File(label="Mask (PNG)", visible=False, elem_id="mask-file")
         lesions_output = gr.Dataframe(
-            headers=LESION_HEADERS, label="Lesions (connected polyp regions)", elem_id="lesions", interactive=False
+            headers=LESION_HEADERS,
+            label=f"Lesions (connected polyp regions of at least {MODEL.config.get('min_lesion_area', 0)} px)",
+            elem_id="lesions",
+            interactive=False,
         )
         if IMAGE_EXAMPLES:
             gr.Examples(IMAGE_EXAMPLES, inputs=image_input, label=EXAMPLES_LABEL)
@@ -328,10 +380,16 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
             x="time (s)",
             y="polyp pixels (% of frame)",
             color="class",
+            color_map=class_color_map(),  # the overlay's colours, not the plot library's
             label="Polyp pixels over time",
             elem_id="timeline",
         )
-        tracks_output = gr.Dataframe(headers=TRACK_HEADERS, label="Tracks", elem_id="tracks", interactive=False)
+        tracks_output = gr.Dataframe(
+            headers=TRACK_TABLE_HEADERS,
+            label="Tracks (longest seen first)",
+            elem_id="tracks",
+            interactive=False,
+        )
         if VIDEO_EXAMPLES:
             gr.Examples(VIDEO_EXAMPLES, inputs=video_input, label=EXAMPLES_LABEL)
     with gr.Tab("Camera"):
@@ -348,7 +406,10 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
                 webcam_options=gr.WebcamOptions(mirror=False),  # an endoscope is never mirrored
                 elem_id="camera-input",
             )
-            camera_output = gr.Image(label="Live overlay", elem_id="camera-output")
+            with gr.Column():
+                camera_output = gr.Image(label="Live overlay", elem_id="camera-output")
+                gr.HTML(legend_html("camera-legend"))
+                camera_summary = gr.Markdown(elem_id="camera-summary")
     gr.Markdown(
         f"Model: `{INFO.source}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "
         f"({INFO.precision}) · input {MODEL.config['input_size']} px, "
@@ -356,17 +417,30 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         elem_id="model-info",
     )
 
+    # The page and the API are two events: the page clears a failed request's outputs and shows a notice,
+    # the API answers with an error (a hidden button carries its endpoint).
     run_button.click(
+        predict_page,
+        inputs=[image_input, tta_input, opacity_input, uncertainty_open],
+        outputs=[
+            overlay_output,
+            percentages_output,
+            lesions_output,
+            kept_prediction,
+            summary_output,
+            uncertainty_output,
+            mask_output,
+        ],
+        preprocess=False,
+        api_visibility="private",
+    )
+    api_image_button = gr.Button(visible=False)
+    api_image_button.click(
         predict,
         inputs=[image_input, tta_input, opacity_input],
         outputs=[overlay_output, percentages_output, lesions_output, kept_prediction],
         api_name="predict",
         preprocess=False,
-    ).then(
-        after_predict,
-        inputs=[percentages_output, kept_prediction, uncertainty_open],
-        outputs=[summary_output, uncertainty_output],
-        api_visibility="private",
     )
     uncertainty_tab.select(
         lambda kept: (True, show_uncertainty(kept)),
@@ -376,6 +450,14 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     )
     segmentation_tab.select(lambda: False, outputs=uncertainty_open, api_visibility="private")
     video_button.click(
+        predict_video_page,
+        inputs=video_input,
+        outputs=[video_output, timeline_output, tracks_output],
+        preprocess=False,
+        api_visibility="private",
+    )
+    api_video_button = gr.Button(visible=False)
+    api_video_button.click(
         predict_video,
         inputs=video_input,
         outputs=[video_output, timeline_output, tracks_output],
@@ -385,7 +467,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     camera_input.stream(
         camera_frame,
         inputs=[camera_input, live_state],
-        outputs=[camera_output, live_state],
+        outputs=[camera_output, camera_summary, live_state],
         stream_every=0.1,
         time_limit=300,
         concurrency_limit=2,

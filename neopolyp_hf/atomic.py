@@ -8,9 +8,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then rename the result over `path`; a failure leaves `path` untouched."""
+def prepare_output(path: str | os.PathLike) -> Path:
+    """Make ready to write a file at `path` before any work: its missing parent folders are created.
+
+    Raises:
+        OSError: `path` is a folder, or a parent cannot be created (a file stands in the way, no
+            permission); the message names the path.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output '{path}' is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the folder of output '{path}': {error.strerror or error}") from error
+    return path
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)`, then rename the result over `path` (its missing parent folders created);
+    a failure leaves `path` untouched."""
+    path = prepare_output(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)

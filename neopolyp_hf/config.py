@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .classes import CLASS_COLORS, CLASS_NAMES
+from .classes import CLASS_COLORS, CLASS_NAMES, DEFAULT_MIN_LESION_AREA
 from .errors import ConfigError
 from .pretrained import encoder_normalization
 
@@ -44,9 +44,12 @@ class ModelConfig:
     uncertain_range: list[float] = field(default_factory=lambda: [0.35, 0.65])
     # The second stage's settings (LESION_CLASSIFIER_DEFAULTS' keys), or None for a one-stage model.
     lesion_classifier: dict[str, Any] | None = None
+    # Polyp regions smaller than this (pixels of the original frame) are not listed as lesions or tracked;
+    # their pixels stay in the mask. See neopolyp_hf.classes.DEFAULT_MIN_LESION_AREA for how it was chosen.
+    min_lesion_area: int = DEFAULT_MIN_LESION_AREA
 
     # Fields added after the first release: a config.json saved before them may omit them.
-    ADDED_FIELDS = ("head", "uncertain_range", "lesion_classifier")
+    ADDED_FIELDS = ("head", "uncertain_range", "lesion_classifier", "min_lesion_area")
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder_name, str) or not self.encoder_name:
@@ -88,6 +91,9 @@ class ModelConfig:
         object.__setattr__(self, "uncertain_range", [float(b) for b in bounds])
         if self.lesion_classifier is not None:
             object.__setattr__(self, "lesion_classifier", _lesion_classifier_settings(self.lesion_classifier))
+        area = self.min_lesion_area
+        if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+            raise ConfigError(f"config field 'min_lesion_area' must be a whole number of pixels >= 0, got {area!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], saved: bool = False) -> ModelConfig:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .classes import DEFAULT_MIN_LESION_AREA
 from .classifier.stage import ClassifyFn, apply_second_stage
 from .lesions import Lesion, find_lesions, harmonize_lesions, upsampled_box
 from .masks import class_percentages, overlay_mask
@@ -30,6 +31,7 @@ class Prediction:
     class_names: list[str]
     class_colors: list[list[int]]
     uncertain_range: tuple[float, float] = (0.35, 0.65)  # a lesion's P(neoplastic) in here is "uncertain"
+    min_lesion_area: int = 0  # px of the original frame: smaller polyp regions are not listed as lesions
     # The lesions as the second stage called them (fused with the segmenter); None: found from the mask.
     staged_lesions: list[Lesion] | None = field(default=None, repr=False)
 
@@ -84,7 +86,9 @@ class Prediction:
         if self.staged_lesions is not None:
             return self.staged_lesions
         # Model-resolution probabilities: find_lesions upsamples each lesion's box only.
-        return find_lesions(self.mask, softmax(self.scores, axis=0), self.class_names, self.uncertain_range)
+        return find_lesions(
+            self.mask, softmax(self.scores, axis=0), self.class_names, self.uncertain_range, self.min_lesion_area
+        )
 
     @cached_property
     def overlay(self) -> Image.Image:
@@ -117,8 +121,15 @@ def uncertainty_view(image: np.ndarray, levels: np.ndarray, alpha: float = 0.6) 
     """Model-resolution uncertainty `levels` as a heat map, upsampled and blended over `image`."""
     height, width = image.shape[:2]
     full = cv2.resize(levels, (width, height), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.cvtColor(cv2.applyColorMap(full, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
-    return Image.fromarray(cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0))
+    return Image.fromarray(cv2.addWeighted(image, 1.0 - alpha, uncertainty_colors(full), alpha, 0.0))
+
+
+def uncertainty_colors(levels: np.ndarray) -> np.ndarray:
+    """uint8 uncertainty levels (0: sure, 255: unsure) -> RGB uint8 of the inferno colour map, the
+    uncertainty view's colours (and its scale's)."""
+    return cv2.cvtColor(
+        cv2.applyColorMap(np.ascontiguousarray(levels, np.uint8), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB
+    )
 
 
 def _upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -215,13 +226,16 @@ def predict_images(
     batch = np.stack([preprocess(rgb, config["input_size"], config["mean"], config["std"]).numpy() for rgb in rgbs])
     scores = class_scores(forward, batch, tta=tta)
     predictions = []
+    # An ONNX export made before the field existed has no min_lesion_area in its metadata.
+    min_area = config.get("min_lesion_area", DEFAULT_MIN_LESION_AREA)
     for rgb, image_scores in zip(rgbs, scores, strict=True):
         mask = scores_to_mask(image_scores, rgb.shape[0], rgb.shape[1])
         if lesion_consistency:
             mask = harmonize_lesions(mask)
         staged = None
         if classify is not None and config.get("lesion_classifier"):
-            found = find_lesions(mask, softmax(image_scores, axis=0), config["class_names"], config["uncertain_range"])
+            probabilities = softmax(image_scores, axis=0)
+            found = find_lesions(mask, probabilities, config["class_names"], config["uncertain_range"], min_area)
             mask, staged = apply_second_stage(classify, rgb, mask, found, config, tta=tta)
         predictions.append(
             Prediction(
@@ -231,6 +245,7 @@ def predict_images(
                 class_names=list(config["class_names"]),
                 class_colors=[list(c) for c in config["class_colors"]],
                 uncertain_range=tuple(config["uncertain_range"]),
+                min_lesion_area=min_area,
                 staged_lesions=staged,
             )
         )

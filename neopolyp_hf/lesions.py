@@ -107,8 +107,10 @@ def find_lesions(
     probabilities: np.ndarray,
     class_names: list[str],
     uncertain_range: tuple[float, float] = (0.35, 0.65),
+    min_area: int = 0,
 ) -> list[Lesion]:
-    """One `Lesion` per connected polyp region of `mask`, largest first.
+    """One `Lesion` per connected polyp region of `mask` of at least `min_area` pixels, largest first
+    (smaller regions are left out of the list; their pixels stay in the mask).
 
     `probabilities` is C x H x W at the mask's size, or at the model's size: then each lesion's
     box alone is upsampled (bilinearly), which is far cheaper than upsampling the whole frame.
@@ -125,6 +127,8 @@ def find_lesions(
     lesions = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
+        if area < min_area:
+            continue
         region = labels[y : y + h, x : x + w] == label  # each region is read inside its own box only
         classes_in_region = inside[y : y + h, x : x + w][region]
         classes = np.bincount(classes_in_region, minlength=len(class_names))

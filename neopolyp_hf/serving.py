@@ -18,8 +18,9 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from .errors import ModelSourceError, NeoPolypError
-from .inference import Prediction, Segmenter, uncertainty_levels, uncertainty_view
+from .classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
+from .errors import ConfigError, ModelSourceError, NeoPolypError
+from .inference import Prediction, Segmenter, uncertainty_colors, uncertainty_levels, uncertainty_view
 from .masks import overlay_mask, polyp_box
 from .model import NeoPolypUNet
 from .onnx_backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
@@ -106,6 +107,12 @@ def load_segmenter(
         if backend == "onnx":
             device = torch.device("cpu")
             if precision == "int8":
+                if files.is_local and not (files.config.parent / INT8_FILE).is_file():
+                    raise ModelSourceError(
+                        f"model folder '{files.source}' has no {INT8_FILE}; make it (calibrated on your frames) with: "
+                        f"python train/export_onnx.py --model {files.source} --output {files.source}/{INT8_FILE} "
+                        "--int8 --calibration-dir DATA"
+                    )
                 int8 = fetch_model_file(files, INT8_FILE)
                 if model.config.get("lesion_classifier"):  # the second stage's graph, from the same commit
                     fetch_model_file(files, classifier_graph_path(INT8_FILE).name)
@@ -152,19 +159,30 @@ def percentages_summary(prediction: Prediction) -> dict[str, dict[str, float]]:
     }
 
 
+def frame_sentences(percentages: dict[str, float]) -> str:
+    """One line per polyp class: its share of the frame (a camera's live numbers)."""
+    return "\n".join(f"- **{display_name(name)}**: {share_text(p, 1)} of the frame" for name, p in percentages.items())
+
+
+def share_text(percent: float, decimals: int) -> str:
+    """A share for people: rounded to `decimals`, but never "0" for a share that is not zero
+    ("< 0.1%" beside a listed lesion, not "0.0%")."""
+    smallest = 10.0**-decimals
+    if 0 < percent < smallest:
+        return f"< {smallest:.{decimals}f}%"
+    return f"{percent:.{decimals}f}%"
+
+
 def percentages_sentences(summary: dict[str, dict[str, float]]) -> str:
     """One short sentence per polyp class (from `percentages_summary`): its share of the image and
     of the polyp area."""
     if not any(shares["percent_of_image"] for shares in summary.values()):
         return "No polyp pixels found."
-    lines = []
-    for name, shares in summary.items():
-        label = name.replace("_", "-").capitalize()
-        lines.append(
-            f"- **{label}**: {shares['percent_of_image']:.1f}% of the image, "
-            f"{shares['percent_of_polyp_area']:.0f}% of the polyp area"
-        )
-    return "\n".join(lines)
+    return "\n".join(
+        f"- **{display_name(name)}**: {share_text(shares['percent_of_image'], 1)} of the image, "
+        f"{share_text(shares['percent_of_polyp_area'], 0)} of the polyp area"
+        for name, shares in summary.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -278,12 +296,97 @@ def lesion_rows(prediction: Prediction) -> list[list]:
     return [
         [
             i + 1,
-            lesion.class_name,
+            display_name(lesion.class_name),
             lesion.area_px,
             round(lesion.area_percent, 3),
             round(lesion.confidence, 3),
             round(lesion.neoplastic_probability, 3),
-            "yes" if lesion.uncertain else "no",
+            yes_no(lesion.uncertain),
         ]
         for i, lesion in enumerate(prediction.lesions)
     ]
+
+
+TRACK_TABLE_HEADERS = [
+    "track",
+    "class",
+    "P(neoplastic | polyp)",
+    "uncertain",
+    "first seen (s)",
+    "last seen (s)",
+    "frames seen",
+    "largest area (px)",
+]
+
+
+def track_table(tracks: list[list], timeline: list[list]) -> list[list]:
+    """The page's track table from tracks.csv rows (`neopolyp_hf.video.pipeline.track_rows`, already
+    longest-seen first) and the timeline's rows: display names, and times in seconds instead of frames."""
+    seconds = {int(row[0]): float(row[1]) for row in timeline}
+    return [
+        [track_id, display_name(name), float(p), uncertain, seconds[first], seconds[last], seen, area]
+        for track_id, name, p, uncertain, first, last, seen, area in tracks
+    ]
+
+
+def timeline_plot_rows(timeline: list[list]) -> list[tuple[float, float, str]]:
+    """(time in s, % of the frame, class display name) per frame and polyp class, for the page's plot."""
+    return [(float(row[1]), float(row[2]), display_name(CLASS_NAMES[1])) for row in timeline] + [
+        (float(row[1]), float(row[3]), display_name(CLASS_NAMES[2])) for row in timeline
+    ]
+
+
+def class_color_map() -> dict[str, str]:
+    """Display name -> "#rrggbb" for the polyp classes: the one colour table, for plots and legends."""
+    return {
+        display_name(name): "#{:02x}{:02x}{:02x}".format(*color)
+        for name, color in zip(CLASS_NAMES[1:], CLASS_COLORS[1:], strict=True)
+    }
+
+
+def legend_html(element_id: str = "legend") -> str:
+    """The polyp classes' colour legend as HTML, from the one colour table."""
+    items = "".join(
+        f'<span style="display:inline-flex;align-items:center;margin-right:1.2em">'
+        f'<span style="width:1em;height:1em;background:{color};display:inline-block;'
+        f'margin-right:.4em;border:1px solid #888"></span>{name}</span>'
+        for name, color in class_color_map().items()
+    )
+    return f'<div id="{element_id}">{items}</div>'
+
+
+def uncertainty_scale_html(steps: int = 11) -> str:
+    """The uncertainty view's colour scale as an HTML bar, from sure (0) to unsure (1)."""
+    colors = uncertainty_colors(np.linspace(0, 255, steps).round().astype(np.uint8)[None])[0]
+    stops = ", ".join("#{:02x}{:02x}{:02x}".format(*map(int, c)) for c in colors)
+    return (
+        '<div id="uncertainty-scale"><div style="height:.9em;border:1px solid #888;'
+        f'background:linear-gradient(to right, {stops})"></div>'
+        '<div style="display:flex;justify-content:space-between;font-size:.85em">'
+        "<span>0: one class near certain</span><span>1: the classes equally likely</span></div></div>"
+    )
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(variable: str, value: str) -> int:
+    """A size from the environment in bytes: a whole number, optionally with a unit (B, KB, MB, GB,
+    KiB, MiB, GiB; "50MB", "50 MB", "20000000").
+
+    Raises:
+        ConfigError: naming the variable and the units it takes.
+    """
+    text = value.strip().replace(" ", "").upper()
+    number = text.rstrip("BKMGI")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in SIZE_UNITS or not amount > 0 or amount != amount:
+        raise ConfigError(
+            f"{variable}={value!r} is not a size: give a positive number of bytes, optionally with a unit "
+            "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 50MB"
+        )
+    return int(amount * SIZE_UNITS[unit])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import struct
 import subprocess
 import zlib
@@ -13,6 +14,12 @@ from neopolyp_hf import loopback
 from neopolyp_hf.loopback import stop_app  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """The first Chromium on the PATH (the browser tests drive it through playwright), or None."""
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
 
 
 def load_script(name: str, folder: str = "train") -> ModuleType:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, png_header_only, start_app, stop_app
+from helpers import CHROMIUM_NAMES, ROOT, find_chromium, png_header_only, start_app, stop_app
 from PIL import Image
 
 from neopolyp_hf.serving import LESION_HEADERS, load_segmenter, percentages_summary
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = find_chromium()
+NO_CHROMIUM = f"no Chromium on the PATH ({', '.join(CHROMIUM_NAMES)}): the browser tests skip"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -37,7 +40,7 @@ def served(trained_model_dir):
         {
             "NEOPOLYP_MODEL": str(trained_model_dir / "best"),
             "NEOPOLYP_MAX_PIXELS": "4000000",
-            "NEOPOLYP_MAX_FILE_SIZE": "2000000",
+            "NEOPOLYP_MAX_FILE_SIZE": "2MB",
             "NEOPOLYP_MAX_VIDEO_SECONDS": "3",
         }
     )
@@ -217,10 +220,35 @@ def test_broken_model_source_stops_start_up_with_its_name(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_page_takes_its_colours_and_names_from_the_one_class_table(served):
+    config = json.loads(urllib.request.urlopen(served[0].rstrip("/") + "/config", timeout=30).read())
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    assert props["timeline"]["color_map"] == {"Neoplastic": "#ff0000", "Non-neoplastic": "#00ff00"}
+    legends = [c["props"]["value"] for c in config["components"] if "legend" in str(c.get("props", {}).get("value"))]
+    assert any('id="camera-legend"' in html for html in legends)  # the Camera tab has its legend too
+    assert all("Non-neoplastic" in html and "non_neoplastic" not in html for html in legends)
+    assert "uncertainty-scale" in json.dumps(config["components"])
+    assert props["tracks"]["headers"][4] == "first seen (s)"
+
+
+def test_a_size_setting_that_is_not_one_stops_start_up_naming_the_variable(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py")],
+        env={**os.environ, "NEOPOLYP_MODEL": str(tmp_path / "unused"), "NEOPOLYP_MAX_FILE_SIZE": "fifty"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "NEOPOLYP_MAX_FILE_SIZE='fifty' is not a size" in result.stderr and "e.g. 50MB" in result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -251,6 +279,15 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             assert page.locator("#overlay img").evaluate("img => img.naturalWidth") > 0  # fetched and decoded
             page.screenshot(path=str(tmp_path / "neopolyp_app.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'neopolyp_app.png'}")
+
+            # A failed request leaves nothing of the earlier frame: no numbers, overlay, lesions or mask.
+            page.locator("#input button[aria-label='Clear']").first.click()
+            page.click("#run")
+            page.get_by_text("Upload an image first.").first.wait_for(timeout=30_000)
+            assert page.inner_text("#summary").strip() == "Upload an image first."
+            assert page.locator("#overlay img").count() == 0 and page.locator("#mask-file a").count() == 0
+            assert "Neoplastic" not in page.inner_text("#lesions")
+            assert page.get_by_text("Error", exact=True).count() == 0  # a message, not a badge on every output
         finally:
             browser.close()
     assert (tmp_path / "neopolyp_app.png").stat().st_size > 10_000
@@ -260,17 +297,19 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
 def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, small_clip, clip_scenes, tmp_path):
     from gradio_client import handle_file
 
+    from neopolyp_hf.classes import display_name
+    from neopolyp_hf.serving import TRACK_TABLE_HEADERS
     from neopolyp_hf.video.clips import clip_frames, write_clip
     from neopolyp_hf.video.io import probe_video
-    from neopolyp_hf.video.pipeline import TRACK_HEADERS, write_video_outputs
+    from neopolyp_hf.video.pipeline import write_video_outputs
 
     clip, timeline, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
     path = clip["video"] if isinstance(clip, dict) else clip
     assert probe_video(path).codec == "h264"
     segmenter, _ = load_segmenter(str(served[1]))  # the app's backend: ONNX Runtime on a CPU
     expected = write_video_outputs(segmenter, small_clip)
-    assert tracks["headers"] == TRACK_HEADERS
-    assert [row[:2] for row in tracks["data"]] == [[r[0], r[1]] for r in expected.tracks]
+    assert tracks["headers"] == TRACK_TABLE_HEADERS  # readable headers, display names, times in seconds
+    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in expected.tracks]
     assert len(timeline["data"]) == 2 * expected.frames  # a point per frame and polyp class
 
     long_clip = write_clip(
@@ -283,14 +322,14 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
             client.predict(handle_file(str(bad)), api_name="/predict_video")
         assert str(tmp_path) not in str(raised.value)  # the upload is named by its file name only
     _, _, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
-    assert [row[:2] for row in tracks["data"]] == [[r[0], r[1]] for r in expected.tracks]  # still serving
+    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in expected.tracks]  # serving
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_browser_video_upload_and_live_camera(served, small_clip, clip_scenes, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     from neopolyp_hf.video.clips import clip_frames, write_clip

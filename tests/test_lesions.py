@@ -108,3 +108,31 @@ def test_lesions_on_the_polyp_box_match_the_whole_frame_definition(seed):
         assert lesion.confidence == pytest.approx(confidence, abs=1e-6)
         assert lesion.neoplastic_probability == pytest.approx(share, abs=1e-6)
     assert find_lesions(np.zeros((5, 5), np.uint8), probabilities[:, :5, :5], ["b", "n", "m"]) == []
+
+
+def test_regions_under_the_minimum_area_are_not_listed_but_keep_their_pixels():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[0:3, 0:3] = 1  # 9 px: a speck
+    mask[20:32, 20:32] = 2  # 144 px
+    probabilities = np.full((3, 40, 40), 1 / 3, np.float32)
+    names = ["background", "neoplastic", "non_neoplastic"]
+    assert [lesion.area_px for lesion in find_lesions(mask, probabilities, names, min_area=10)] == [144]
+    assert [lesion.area_px for lesion in find_lesions(mask, probabilities, names, min_area=9)] == [144, 9]
+    assert [lesion.area_px for lesion in find_lesions(mask, probabilities, names, min_area=145)] == []
+
+
+def test_the_default_minimum_lesion_area_is_in_the_config_and_in_predictions(random_model):
+    from neopolyp_hf import ConfigError, ModelConfig
+    from neopolyp_hf.classes import DEFAULT_MIN_LESION_AREA
+
+    assert ModelConfig().min_lesion_area == DEFAULT_MIN_LESION_AREA == 100
+    assert ModelConfig.from_dict(
+        {k: v for k, v in ModelConfig().to_dict().items() if k != "min_lesion_area"}, saved=True
+    )
+    for bad in (-1, 2.5, True, "100"):
+        with pytest.raises(ConfigError, match="min_lesion_area"):
+            ModelConfig(min_lesion_area=bad)
+    image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    prediction = random_model.predict(image)
+    assert prediction.min_lesion_area == random_model.config["min_lesion_area"]
+    assert all(lesion.area_px >= prediction.min_lesion_area for lesion in prediction.lesions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
 import tomllib
 
 from helpers import ROOT
@@ -71,3 +72,11 @@ def test_every_subpackage_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "neopolyp_hf").rglob("__init__.py")}
     assert found == listed  # a non-editable install (a wheel, a Space) would miss an unlisted one
+
+
+def test_the_repository_tracks_no_binary_file():
+    """A Space's git server refuses binary files that are not in LFS or Xet: the repository pushes as it is."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    files = [ROOT / name for name in tracked.decode().split("\0") if name]
+    binary = [str(path) for path in files if path.is_file() and b"\0" in path.read_bytes()[:8192]]
+    assert binary == []

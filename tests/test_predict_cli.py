@@ -190,3 +190,53 @@ def test_images_take_every_format_load_image_reads_and_name_what_they_leave_out(
     ids = {row[0].rpartition("_")[0] for row in read_rows(out)[1:]}
     assert ids == {"a", "b", "c", "d"}
     assert "not an image, left out: notes.txt" in capsys.readouterr().err
+
+
+def test_outputs_into_folders_that_do_not_exist_yet(trained_model_dir, images_dir, tmp_path):
+    out = run_predict(
+        "--model",
+        str(trained_model_dir / "best"),
+        "--images",
+        str(images_dir),
+        "--output",
+        str(tmp_path / "new" / "dir" / "sub.csv"),
+    )
+    assert out == tmp_path / "new" / "dir" / "sub.csv" and read_rows(out)[0] == ["Id", "Expected"]
+    export = load_script("export_onnx")
+    path = export.main(
+        export.get_args_parser().parse_args(
+            ["--model", str(trained_model_dir / "best"), "--output", str(tmp_path / "a" / "b" / "model.onnx")]
+        )
+    )
+    assert path.is_file() and not [p for p in path.parent.iterdir() if p != path]  # no temporary file left
+
+
+def test_an_output_path_that_cannot_be_made_stops_before_any_work(trained_model_dir, images_dir, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit, match=r"cannot create the folder of output '.*a-file/sub.csv'"):
+        run_predict(
+            "--model",
+            str(trained_model_dir / "best"),
+            "--images",
+            str(images_dir),
+            "--output",
+            str(tmp_path / "a-file" / "sub.csv"),
+        )
+    with pytest.raises(SystemExit, match="is a folder: give a file name"):
+        run_predict("--model", str(trained_model_dir / "best"), "--images", str(images_dir), "--output", str(tmp_path))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_sample_submission_as_spreadsheet_programs_save_it(tmp_path, encoding, newline):
+    sample = tmp_path / "sample.csv"
+    text = newline.join(["Id,Expected", "b_0,", "b_1,", "a_0,1 1", "a_1,", ""])
+    sample.write_bytes(text.encode(encoding))
+    assert predict_script.sample_ids(sample) == ["b", "a"]
+
+
+def test_a_sample_submission_error_names_its_line(tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_bytes("\ufeffId,Expected\r\nb_0,\r\nnonsense,\r\n".encode())
+    with pytest.raises(SystemExit, match=r"line 3: malformed Id 'nonsense'"):
+        predict_script.sample_ids(sample)

@@ -9,14 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from neopolyp_hf import ImageLoadError, ModelSourceError, NeoPolypUNet
+from neopolyp_hf import ConfigError, ImageLoadError, ModelSourceError, NeoPolypUNet
+from neopolyp_hf.inference import uncertainty_colors
 from neopolyp_hf.onnx_backend import OnnxSegmenter
 from neopolyp_hf.serving import (
+    TRACK_TABLE_HEADERS,
     KeptPrediction,
     OutputStore,
+    class_color_map,
+    frame_sentences,
+    legend_html,
     limit_malloc_arenas,
     load_segmenter,
+    parse_size,
     percentages_sentences,
+    share_text,
+    timeline_plot_rows,
+    track_table,
+    uncertainty_scale_html,
 )
 
 
@@ -136,3 +146,73 @@ def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypa
     assert limit_malloc_arenas(2) == (platform.libc_ver()[0] == "glibc")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's own setting wins
     assert limit_malloc_arenas(2) is False
+
+
+def test_a_share_that_is_not_zero_never_reads_zero():
+    summary = {
+        "neoplastic": {"percent_of_image": 0.04, "percent_of_polyp_area": 0.3},
+        "non_neoplastic": {"percent_of_image": 12.4, "percent_of_polyp_area": 99.7},
+    }
+    assert percentages_sentences(summary) == (
+        "- **Neoplastic**: < 0.1% of the image, < 1% of the polyp area\n"
+        "- **Non-neoplastic**: 12.4% of the image, 100% of the polyp area"
+    )
+    assert share_text(0.0, 1) == "0.0%" and share_text(0.1, 1) == "0.1%"
+    assert frame_sentences({"neoplastic": 0.01, "non_neoplastic": 0.0}) == (
+        "- **Neoplastic**: < 0.1% of the frame\n- **Non-neoplastic**: 0.0% of the frame"
+    )
+
+
+def test_one_display_name_and_colour_per_class_everywhere():
+    assert class_color_map() == {"Neoplastic": "#ff0000", "Non-neoplastic": "#00ff00"}  # the masks' red and green
+    legend = legend_html("camera-legend")
+    assert 'id="camera-legend"' in legend and "#ff0000" in legend and "Non-neoplastic" in legend
+    assert "non_neoplastic" not in legend and "non-neoplastic" not in legend
+    rows = timeline_plot_rows([[0, "0.000", "1.5000", "0.0000", "1"], [1, "0.125", "2.0000", "0.5000", "1 2"]])
+    assert rows == [
+        (0.0, 1.5, "Neoplastic"),
+        (0.125, 2.0, "Neoplastic"),
+        (0.0, 0.0, "Non-neoplastic"),
+        (0.125, 0.5, "Non-neoplastic"),
+    ]
+    assert {name for _, _, name in rows} == set(class_color_map())  # every plotted class has its colour
+
+
+def test_the_track_table_reads_in_seconds_with_display_names():
+    timeline = [[0, "0.000", "0", "0", ""], [4, "0.500", "0", "0", ""], [9, "1.125", "0", "0", ""]]
+    tracks = [[3, "non_neoplastic", "0.2100", "no", 4, 9, 6, 5400], [1, "neoplastic", "0.5000", "yes", 0, 4, 2, 300]]
+    assert TRACK_TABLE_HEADERS[4:6] == ["first seen (s)", "last seen (s)"]
+    assert track_table(tracks, timeline) == [
+        [3, "Non-neoplastic", 0.21, "no", 0.5, 1.125, 6, 5400],
+        [1, "Neoplastic", 0.5, "yes", 0.0, 0.5, 2, 300],
+    ]
+
+
+def test_the_uncertainty_scale_uses_the_views_colours():
+    scale = uncertainty_scale_html(steps=3)
+    ends = uncertainty_colors(np.array([[0, 128, 255]], np.uint8))[0]
+    for color in ends:
+        assert "#{:02x}{:02x}{:02x}".format(*map(int, color)) in scale
+    assert "0: one class near certain" in scale and "1: the classes equally likely" in scale
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("20000000", 20_000_000), ("50MB", 50_000_000), ("50 mb", 50_000_000), ("1.5GB", 1_500_000_000), ("64KiB", 65536)],
+)
+def test_sizes_in_the_environment_take_a_unit(value, expected):
+    assert parse_size("NEOPOLYP_MAX_FILE_SIZE", value) == expected
+
+
+@pytest.mark.parametrize("value", ["fifty", "50 parsecs", "-5MB", "0", ""])
+def test_a_size_that_is_not_one_names_the_variable_and_units(value):
+    with pytest.raises(
+        ConfigError, match=r"NEOPOLYP_MAX_FILE_SIZE=.* is not a size: .*\(B, KB, MB, GB, KiB, MiB, GiB\)"
+    ):
+        parse_size("NEOPOLYP_MAX_FILE_SIZE", value)
+
+
+def test_int8_missing_from_a_trained_folder_says_how_to_make_it(random_model, tmp_path):
+    random_model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ModelSourceError, match=r"has no model_int8.onnx; make it .*export_onnx.py .* --int8"):
+        load_segmenter(str(tmp_path / "m"), backend="onnx", precision="int8")

@@ -335,3 +335,12 @@ def test_minority_paste_puts_a_training_lesion_onto_background():
     assert not plain.any()  # the input is not changed in place
     never = recipes.train_augmentation(recipes.resolve_recipe("reference", ["minority_paste=0"]), cache)
     assert not isinstance(never, recipes.MinorityLesionPaste)
+
+
+def test_the_run_says_which_device_it_trains_on_and_why_not_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = train_script.describe_device(torch.device("cpu"))
+    assert line.startswith("training on the CPU (") and "a CUDA 13.0 build but sees no usable GPU" in line
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only torch: nothing to explain
+    assert "GPU" not in train_script.describe_device(torch.device("cpu"))

@@ -222,7 +222,7 @@ def test_predict_cli_writes_clip_timeline_tracks_and_masks(trained_model_dir, sm
         "--save-masks",
         str(out / "masks"),
     ]
-    out.mkdir()
+    # out/ does not exist yet: the CLI makes it (as it would out/new/dir/).
     shown = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the progress bar on
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=shown)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -231,6 +231,9 @@ def test_predict_cli_writes_clip_timeline_tracks_and_masks(trained_model_dir, sm
     assert timeline[0] == TIMELINE_HEADERS and len(timeline) == 17
     tracks = list(csv.reader((out / "tracks.csv").open()))
     assert tracks[0] == TRACK_HEADERS
+    assert {row[3] for row in tracks[1:]} <= {"yes", "no"}  # one spelling of yes/no
+    seen = [(int(row[6]), int(row[7])) for row in tracks[1:]]
+    assert seen == sorted(seen, reverse=True)  # the longest seen first, then the largest
     masks = sorted((out / "masks").iterdir())
     assert [m.name for m in masks[:2]] == ["frame_000000.png", "frame_000001.png"] and len(masks) == 16
     colours = np.unique(np.asarray(Image.open(masks[0])).reshape(-1, 3), axis=0)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError, NeoPolypUNet
+from neopolyp_hf.atomic import prepare_output
 from neopolyp_hf.data import IMAGE_SUFFIXES
 from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
 
@@ -53,7 +54,10 @@ def main(args: argparse.Namespace) -> Path:
         model = NeoPolypUNet.from_pretrained(args.model, revision=args.revision)
     except NeoPolypError as error:
         raise SystemExit(f"error: {error}") from error
-    output = Path(args.output)
+    try:
+        output = prepare_output(args.output)  # before the export: a bad path costs no work
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from error
     if args.int8:
         frames = calibration_frames(Path(args.calibration_dir), args.calibration_count)
         with tempfile.TemporaryDirectory() as workdir:

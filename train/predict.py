@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from neopolyp_hf import ImageLoadError, NeoPolypError, load_image, rle_encode
-from neopolyp_hf.atomic import write_atomic, write_text_atomic
+from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.serving import BACKENDS, PRECISIONS, load_segmenter
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         help="bf16 (torch): autocast, fast on some CPUs only; int8 (onnx): the model's model_int8.onnx",
     )
-    video = parser.add_argument_group("video (needs the video extra: pip install 'neopolyp-hf[video]')")
+    video = parser.add_argument_group("video (needs the video extra: pip install '.[video]' in a checkout)")
     video.add_argument("--video", default=None, help="a video file to segment instead of --images")
     video.add_argument("--output-video", default=None, help="the overlaid clip, H.264 MP4")
     video.add_argument("--timeline", default=None, help="CSV, one row per frame: time, polyp %%, track ids")
@@ -86,19 +86,21 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 
 def sample_ids(path: Path) -> list[str]:
-    """Image ids in the order of a sample submission's rows."""
+    """Image ids in the order of a sample submission's rows. UTF-8 with or without a byte-order mark
+    (spreadsheet programs write one) and any line ending; blank lines are skipped."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise SystemExit(f"error: cannot read sample submission '{path}': {error}") from error
-    if not rows or rows[0][:2] != ["Id", "Expected"]:
+    numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    if not numbered or [cell.strip() for cell in numbered[0][1][:2]] != ["Id", "Expected"]:
         raise SystemExit(f"error: sample submission '{path}' must start with the header Id,Expected")
     ids: list[str] = []
-    for row in rows[1:]:
-        image_id, _, suffix = row[0].rpartition("_")
+    for line, row in numbered[1:]:
+        image_id, _, suffix = row[0].strip().rpartition("_")
         if suffix not in [str(i) for i in range(len(POLYP_CLASSES))] or not image_id:
-            raise SystemExit(f"error: sample submission '{path}' has a malformed Id {row[0]!r}")
+            raise SystemExit(f"error: sample submission '{path}', line {line}: malformed Id {row[0]!r}")
         if image_id not in ids:
             ids.append(image_id)
     return ids
@@ -115,6 +117,16 @@ def save_probabilities(prediction, path: Path) -> Path:
     return write_atomic(path, write)
 
 
+def check_outputs(*paths: str | None) -> None:
+    """Before any work: each output file's folders exist (created where missing), or the run stops naming it."""
+    for path in paths:
+        if path:
+            try:
+                prepare_output(path)
+            except OSError as error:
+                raise SystemExit(f"error: {error}") from error
+
+
 def predict_video(args: argparse.Namespace) -> dict:
     """Segment one video: the overlaid clip, timeline, track table and masks that were asked for."""
     from neopolyp_hf.errors import VideoLoadError
@@ -124,6 +136,7 @@ def predict_video(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --video needs at least one of --output-video, --timeline, --tracks, --save-masks")
     if args.every < 1:
         raise SystemExit("error: --every must be at least 1")
+    check_outputs(args.output_video, args.timeline, args.tracks)
     try:
         model, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
     except NeoPolypError as error:
@@ -165,6 +178,7 @@ def main(args: argparse.Namespace) -> Path:
         raise SystemExit("error: give --images DIR and --output CSV, or --video FILE")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
+    check_outputs(args.output)
     images = list_images(Path(args.images))
     ids = list(images)
     if args.sample_submission:

@@ -276,6 +276,19 @@ def find_last_checkpoint(out: Path) -> Path | None:
     return None
 
 
+def describe_device(device: torch.device) -> str:
+    """The line a run prints first: where it trains, and why not on a GPU where torch could use one."""
+    if device.type == "cuda":
+        return f"training on {device} ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
+    line = f"training on the CPU ({torch.get_num_threads()} threads, torch {torch.__version__})"
+    if device.type == "cpu" and torch.version.cuda and not torch.cuda.is_available():
+        line += (
+            f"; this torch is a CUDA {torch.version.cuda} build but sees no usable GPU "
+            "(none, or a driver older than that CUDA needs)"
+        )
+    return line
+
+
 def check_report_to(report_to: str) -> None:
     """--report-to wandb|tensorboard needs its package: say which, before any work."""
     package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(report_to)
@@ -411,6 +424,7 @@ def main(args: argparse.Namespace) -> dict:
         project_dir=str(out),
     )
     set_seed(args.seed)
+    accelerator.print(describe_device(accelerator.device))
     model = build_model(args, recipe)
     try:
         samples, train_cache, val_cache = prepare_data(args, accelerator, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import prepare_output
 from ..errors import VideoLoadError
 from ..preprocessing import DEFAULT_MAX_PIXELS
 
@@ -27,7 +28,10 @@ def _av():
     try:
         import av
     except ImportError as error:  # the video extra is optional
-        raise ImportError("video needs PyAV: pip install 'neopolyp-hf[video]'") from error
+        raise ImportError(
+            "video needs PyAV: in a checkout of NeoPolyp, pip install '.[video]' "
+            "(or pip install av==18.1.0 scipy==1.17.1)"
+        ) from error
     return av
 
 
@@ -165,7 +169,7 @@ class VideoWriter:
     the file appears at `path` only when `close()` succeeds. Odd frame sizes lose their last row or column."""
 
     def __init__(self, path: str | os.PathLike, fps: float, preset: str = DEFAULT_PRESET, crf: int = 23) -> None:
-        self.path = Path(path)
+        self.path = prepare_output(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         self.fps, self.preset, self.crf = fps, preset, crf
         self.frames = 0

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..inference import Segmenter
 from ..lesions import Lesion
-from ..masks import overlay_mask
+from ..masks import class_percentages, overlay_mask
 from .tracking import LesionTracker
 
 
@@ -24,14 +24,16 @@ class LiveSegmenter:
     def __init__(self, model: Segmenter, opacity: float = 0.5) -> None:
         config = model._inference_config
         self.model, self.opacity, self.colors = model, opacity, config["class_colors"]
+        self.class_names = config["class_names"]
         self.tracker = LesionTracker(config["class_names"], config["uncertain_range"])
         self._busy = threading.Lock()
         self._tickets = itertools.count()
         self._newest = -1
         self.frames = self.dropped = 0
 
-    def segment(self, rgb: np.ndarray) -> tuple[Image.Image, list[Lesion]] | None:
-        """The overlaid frame and its tracked lesions, or None where the frame was dropped."""
+    def segment(self, rgb: np.ndarray) -> tuple[Image.Image, list[Lesion], dict[str, float]] | None:
+        """The overlaid frame, its tracked lesions and the % of the frame in each polyp class (after
+        tracking), or None where the frame was dropped."""
         ticket = next(self._tickets)
         self._newest = ticket
         if not self._busy.acquire(blocking=False):
@@ -44,6 +46,7 @@ class LiveSegmenter:
             prediction = self.model.predict(rgb)
             mask, lesions, _ = self.tracker.update(self.frames, prediction.image, prediction.mask, prediction.lesions)
             self.frames += 1
-            return overlay_mask(prediction.image, mask, self.colors, self.opacity), lesions
+            overlay = overlay_mask(prediction.image, mask, self.colors, self.opacity)
+            return overlay, lesions, class_percentages(mask, self.class_names)
         finally:
             self._busy.release()

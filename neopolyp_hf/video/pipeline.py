@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_text_atomic
+from ..classes import yes_no
 from ..inference import Segmenter
 from ..lesions import Lesion
 from ..masks import class_percentages, overlay_mask, save_mask_png
@@ -111,20 +112,21 @@ def timeline_row(result: VideoFrameResult) -> list:
 
 
 def track_rows(tracks: list[Track], class_names: list[str], uncertain_range: tuple[float, float]) -> list[list]:
-    """One tracks.csv row per track."""
+    """One tracks.csv row per track, the longest seen first (then the largest): the polyps that matter
+    come before the fragments seen for a frame or two."""
     low, high = uncertain_range
     return [
         [
             t.id,
             class_names[t.class_index],
             f"{t.neoplastic_probability:.4f}",
-            low <= t.neoplastic_probability <= high,
+            yes_no(low <= t.neoplastic_probability <= high),
             t.first_frame,
             t.last_frame,
             t.frames_seen,
             t.largest_area,
         ]
-        for t in tracks
+        for t in sorted(tracks, key=lambda t: (-t.frames_seen, -t.largest_area, t.id))
     ]
 
 
