@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -19,14 +18,22 @@ from .metrics import (
     LesionCallAccumulator,
     LesionClassAccumulator,
 )
+from .textfiles import read_user_json, read_user_text
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Ids from a training split.json ('val') or a text file with one id per line."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Ids from a training split.json ('val') or a text file with one id per line (UTF-8 with or without
+    a byte-order mark, any line ending; blank lines skipped).
+
+    Raises:
+        DataError: an unreadable file, JSON that does not parse or has no 'val' list, naming the file.
+    """
     if Path(path).suffix == ".json":
-        return list(json.loads(text)["val"])
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        split = read_user_json(path, "id file")
+        if not isinstance(split, dict) or not isinstance(split.get("val"), list):
+            raise DataError(f"id file '{path}' must be a split.json with a 'val' list of ids")
+        return [str(i) for i in split["val"]]
+    return [line.strip() for line in read_user_text(path, "id file").split("\n") if line.strip()]
 
 
 def select_samples(data_dir: str | Path, ids: list[str] | None) -> list[Sample]:

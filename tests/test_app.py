@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CHROMIUM_NAMES, ROOT, find_chromium, png_header_only, start_app, stop_app
+from helpers import (
+    CHROMIUM_NAMES,
+    ROOT,
+    corner,
+    cover_art_memo,
+    encode,
+    find_chromium,
+    marked_frame,
+    png_header_only,
+    start_app,
+    stop_app,
+)
 from PIL import Image
 
 from neopolyp_hf.serving import LESION_HEADERS, load_segmenter, percentages_summary
@@ -300,7 +311,7 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     from neopolyp_hf.classes import display_name
     from neopolyp_hf.serving import TRACK_TABLE_HEADERS
     from neopolyp_hf.video.clips import clip_frames, write_clip
-    from neopolyp_hf.video.io import probe_video
+    from neopolyp_hf.video.io import probe_video, read_frames
     from neopolyp_hf.video.pipeline import write_video_outputs
 
     clip, timeline, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
@@ -317,12 +328,22 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     )  # 4 s, over the app's 3 s limit
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
-    for bad, message in ((long_clip, "lasts 4.0 s, over the limit of 3 s"), (not_video, "not a readable video")):
+    memo = cover_art_memo(tmp_path / "memo.mp3")
+    refusals = (
+        (long_clip, "lasts 4.0 s, over the limit of 3 s"),
+        (not_video, "not a readable video"),
+        (memo, r"has no video stream \(only a cover picture\)"),
+    )
+    for bad, message in refusals:
         with pytest.raises(Exception, match=message) as raised:
             client.predict(handle_file(str(bad)), api_name="/predict_video")
         assert str(tmp_path) not in str(raised.value)  # the upload is named by its file name only
     _, _, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
     assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in expected.tracks]  # serving
+    phone = encode(tmp_path / "phone.mp4", [marked_frame(320, 240)] * 4, rotation=-90)
+    clip, _, _ = client.predict(handle_file(str(phone)), api_name="/predict_video")
+    upright = next(iter(read_frames(clip["video"] if isinstance(clip, dict) else clip))).rgb
+    assert upright.shape[:2] == (320, 240) and corner(upright) == "top-right"  # as the phone showed it
 
 
 @pytest.mark.slow

@@ -95,3 +95,32 @@ def test_downsized_copy_keeps_the_layout_and_the_exact_classes(tmp_path, synthet
         assert small.id == original.id and small_image.shape[1] == 64
         expected = cv2.resize(mask, (64, small_mask.shape[0]), interpolation=cv2.INTER_NEAREST)
         np.testing.assert_array_equal(small_mask, expected)  # lossless PNG: no class noise
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_id_lists_as_any_program_saves_them(tmp_path, encoding, newline):
+    from neopolyp_hf.evaluation import read_ids
+
+    listed = tmp_path / "ids.txt"
+    listed.write_bytes(newline.join(["a1", "", "b2 ", "c3"]).encode(encoding))
+    assert read_ids(listed) == ["a1", "b2", "c3"]
+    split = tmp_path / "split.json"
+    split.write_bytes(newline.join(['{"train": ["x"],', ' "val": ["a1", "b2"]}']).encode(encoding))
+    assert read_ids(split) == ["a1", "b2"]
+
+
+def test_an_id_file_that_cannot_be_read_names_the_line(tmp_path):
+    from neopolyp_hf import DataError
+    from neopolyp_hf.evaluation import read_ids
+
+    broken = tmp_path / "split.json"
+    broken.write_text('{"val": [\n "a1",\n ]\n}')
+    with pytest.raises(DataError, match=r"split.json', line 3: not valid JSON"):
+        read_ids(broken)
+    latin = tmp_path / "ids.txt"
+    latin.write_bytes(b"a1\nb\xe92\n")
+    with pytest.raises(DataError, match=r"ids.txt', line 2: not UTF-8"):
+        read_ids(latin)
+    with pytest.raises(DataError, match="cannot read id file"):
+        read_ids(tmp_path / "missing.txt")

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from neopolyp_hf import ImageLoadError, NeoPolypError, load_image, rle_encode
+from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rle_encode
 from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.serving import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.textfiles import read_user_text
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,10 +90,9 @@ def sample_ids(path: Path) -> list[str]:
     """Image ids in the order of a sample submission's rows. UTF-8 with or without a byte-order mark
     (spreadsheet programs write one) and any line ending; blank lines are skipped."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError) as error:
-        raise SystemExit(f"error: cannot read sample submission '{path}': {error}") from error
+        rows = list(csv.reader(io.StringIO(read_user_text(path, "sample submission"))))
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from error
     numbered = [(line, row) for line, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
     if not numbered or [cell.strip() for cell in numbered[0][1][:2]] != ["Id", "Expected"]:
         raise SystemExit(f"error: sample submission '{path}' must start with the header Id,Expected")
@@ -130,17 +130,19 @@ def check_outputs(*paths: str | None) -> None:
 def predict_video(args: argparse.Namespace) -> dict:
     """Segment one video: the overlaid clip, timeline, track table and masks that were asked for."""
     from neopolyp_hf.errors import VideoLoadError
+    from neopolyp_hf.video.io import probe_video
     from neopolyp_hf.video.pipeline import write_video_outputs
 
     if not (args.output_video or args.timeline or args.tracks or args.save_masks):
         raise SystemExit("error: --video needs at least one of --output-video, --timeline, --tracks, --save-masks")
     if args.every < 1:
         raise SystemExit("error: --every must be at least 1")
-    check_outputs(args.output_video, args.timeline, args.tracks)
     try:
         model, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
-    except NeoPolypError as error:
+        probe_video(args.video, max_seconds=args.max_video_seconds)  # a refused clip leaves no folder behind
+    except (NeoPolypError, ImportError) as error:
         raise SystemExit(f"error: {error}") from error
+    check_outputs(args.output_video, args.timeline, args.tracks)
     bar = tqdm(desc=f"video ({info.backend}, {info.precision})", unit="frame")
 
     def progress(done: int, total: int | None) -> None:

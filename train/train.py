@@ -46,6 +46,7 @@ from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet
 from neopolyp_hf.publish import publish_run
 from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
+from neopolyp_hf.textfiles import read_user_json
 
 STATE_FILE = "training_state.json"
 OFFLINE_ADVICE = (
@@ -148,7 +149,9 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, out: Path):
     if args.resume and split_path.is_file():
         split = json.loads(split_path.read_text())
     elif args.split:
-        split = json.loads(Path(args.split).read_text())
+        split = read_user_json(args.split, "split file")
+        if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "val")):
+            raise DataError(f"split file '{args.split}' must be a JSON object with 'train' and 'val' lists of ids")
         unknown = sorted(set(split["train"] + split["val"]) - set(cache.ids))
         if unknown:
             raise DataError(f"split '{args.split}' names {len(unknown)} id(s) not in the data, e.g. '{unknown[0]}'")

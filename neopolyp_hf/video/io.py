@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..atomic import prepare_output
@@ -35,9 +36,18 @@ def _av():
     return av
 
 
+# The smallest frame side taken (px): below it a frame holds no polyp worth segmenting, and the
+# H.264 writer (even sizes, yuv420p) has nothing to encode.
+MIN_FRAME_SIDE = 16
+# Demuxers that read still images: a PNG or JPEG named .mp4 opens as a one-frame "video" through them.
+IMAGE_DEMUXERS = ("image2", "image2pipe")
+
+
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about its first video stream."""
+    """What the container says about its video stream. The size is the stored (coded) one, widened
+    by the sample aspect ratio; frames come out of `read_frames` upright, so a rotated clip's
+    frames are `height` x `width` wide."""
 
     width: int
     height: int
@@ -55,19 +65,58 @@ class Frame:
     rgb: np.ndarray
 
 
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """A path as FFmpeg takes it as a plain file whatever its name holds: an absolute path. FFmpeg
+    reads a name such as "2024-05-01T10:32:05.mp4" as the protocol "2024-05-01T10"; a leading "/"
+    is never part of a protocol name."""
+    return os.path.abspath(os.fspath(path))
+
+
+def _video_stream(container, name: str):
+    """The clip's video stream: the first that is not an attached picture (an MP3's or M4A's cover art)."""
+    av = _av()
+    if container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe"):
+        raise VideoLoadError(f"'{name}' is a still image ({container.format.name}), not a video")
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        cover = " (only a cover picture)" if container.streams.video else ""
+        raise VideoLoadError(f"'{name}' has no video stream{cover}: no frames to segment")
+    return streams[0]
+
+
 def _open(path: str | os.PathLike):
     av = _av()
     name = Path(path).name
     if not Path(path).is_file():
         raise VideoLoadError(f"video '{name}' does not exist")
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(ffmpeg_path(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise VideoLoadError(f"'{name}' is not a readable video: {error}") from error
-    if not container.streams.video:
+    try:
+        stream = _video_stream(container, name)
+    except VideoLoadError:
         container.close()
-        raise VideoLoadError(f"'{name}' has no video stream: no frames to segment")
-    return container
+        raise
+    return container, stream
+
+
+def _widen(width: int, aspect) -> int:
+    """The displayed width of `width` stored pixels of sample aspect ratio `aspect` (None or 0: square)."""
+    return max(1, round(width * float(aspect))) if aspect and float(aspect) > 0 and aspect != 1 else width
+
+
+def upright(rgb: np.ndarray, rotation: float, aspect=None) -> np.ndarray:
+    """A decoded frame as the viewer sees it: non-square pixels resampled to square (the width
+    changes), then turned by the display matrix's `rotation` (degrees counter-clockwise, as
+    `av.VideoFrame.rotation` gives it; -90 is a phone held upright)."""
+    width = _widen(rgb.shape[1], aspect)
+    if width != rgb.shape[1]:
+        rgb = cv2.resize(
+            rgb, (width, rgb.shape[0]), interpolation=cv2.INTER_AREA if width < rgb.shape[1] else cv2.INTER_LINEAR
+        )
+    turns = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def probe_video(
@@ -75,10 +124,10 @@ def probe_video(
 ) -> VideoInfo:
     """The video's size, rate and length, checked against the limits before any frame is decoded."""
     name = Path(path).name
-    container = _open(path)
+    container, stream = _open(path)
     try:
-        stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
+        width = _widen(width, stream.sample_aspect_ratio) if width else width
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 25.0
         duration = None
@@ -91,6 +140,8 @@ def probe_video(
         container.close()
     if not width or not height:
         raise VideoLoadError(f"'{name}' has a video stream without a frame size (corrupt or truncated)")
+    if min(width, height) < MIN_FRAME_SIDE:
+        raise VideoLoadError(f"'{name}' has {width}x{height} frames: a side under the minimum of {MIN_FRAME_SIDE} px")
     if width * height > max_pixels:
         raise VideoLoadError(f"'{name}' has {width}x{height} frames, over the limit of {max_pixels:,} pixels")
     if max_seconds is not None and duration is not None and duration > max_seconds:
@@ -101,25 +152,36 @@ def probe_video(
 def read_frames(
     path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = DEFAULT_MAX_SECONDS
 ) -> Iterator[Frame]:
-    """Decode the first video stream frame by frame (audio is ignored); errors name the file and frame."""
+    """Decode the video stream frame by frame (audio and cover pictures are ignored), each frame upright
+    (`upright`: rotation metadata and non-square pixels applied) and timed from the clip's first frame;
+    errors name the file and frame."""
     av = _av()
     name = Path(path).name
     info = probe_video(path, max_pixels, max_seconds)
-    container = _open(path)
+    container, stream = _open(path)
     count = 0
+    start = None  # recorders and cut segments stamp their first frame at 100 s as readily as at 0
     try:
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # FFmpeg decodes in its own threads, outside the GIL
         try:
             for frame in container.decode(stream):
-                time = float(frame.time) if frame.time is not None else count / info.fps
+                stamp = float(frame.time) if frame.time is not None else None
+                if start is None and stamp is not None:
+                    start = stamp
+                time = stamp - start if stamp is not None else count / info.fps
                 if max_seconds is not None and time > max_seconds:
                     raise VideoLoadError(f"'{name}' runs past the limit of {max_seconds:g} s")
                 if frame.width * frame.height > max_pixels:
                     raise VideoLoadError(
                         f"'{name}' has a {frame.width}x{frame.height} frame, over the limit of {max_pixels:,} pixels"
                     )
-                yield Frame(count, time, frame.to_ndarray(format="rgb24"))
+                if min(frame.width, frame.height) < MIN_FRAME_SIDE:
+                    raise VideoLoadError(
+                        f"'{name}' frame {count} is {frame.width}x{frame.height}: a side under the minimum of "
+                        f"{MIN_FRAME_SIDE} px"
+                    )
+                rgb = upright(frame.to_ndarray(format="rgb24"), frame.rotation, stream.sample_aspect_ratio)
+                yield Frame(count, time, rgb)
                 count += 1
         except av.FFmpegError as error:
             raise VideoLoadError(f"'{name}' is corrupt or truncated (after {count} frames): {error}") from error
@@ -164,9 +226,25 @@ def prefetch(frames: Iterator, size: int = 4) -> Iterator:
         thread.join(timeout=5)
 
 
+def fit_frame(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`rgb` scaled to fit inside width x height with its aspect kept, centred on black."""
+    scale = min(width / rgb.shape[1], height / rgb.shape[0])
+    fitted_w, fitted_h = max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))
+    resized = cv2.resize(rgb, (fitted_w, fitted_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - fitted_h) // 2, (width - fitted_w) // 2
+    canvas[top : top + fitted_h, left : left + fitted_w] = resized
+    return canvas
+
+
 class VideoWriter:
     """H.264 (yuv420p) MP4 that browsers play, encoded in a thread of its own and written atomically:
-    the file appears at `path` only when `close()` succeeds. Odd frame sizes lose their last row or column."""
+    the file appears at `path` only when `close()` succeeds. Odd frame sizes lose their last row or column.
+
+    The clip takes the first frame's size. A stream whose frame size changes (a browser recording of a
+    phone that was turned) keeps it: each later frame of another size is fitted inside, undistorted,
+    with black bars (`fit_frame`), since an MP4 stream has one size. The frames written are upright
+    pixels; the file carries no rotation metadata."""
 
     def __init__(self, path: str | os.PathLike, fps: float, preset: str = DEFAULT_PRESET, crf: int = 23) -> None:
         self.path = prepare_output(path)
@@ -181,7 +259,7 @@ class VideoWriter:
 
     def _setup(self, width: int, height: int) -> None:
         av = _av()
-        self._container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._container = av.open(ffmpeg_path(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         rate = Fraction(self.fps).limit_denominator(1001)
         stream = self._container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -197,9 +275,11 @@ class VideoWriter:
             if self._error is not None:
                 continue  # drain: the error is raised by write() or close()
             try:
-                height, width = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
                 if self._stream is None:
-                    self._setup(width, height)
+                    self._setup(rgb.shape[1] // 2 * 2, rgb.shape[0] // 2 * 2)
+                width, height = self._stream.width, self._stream.height
+                if (rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2) != (height, width):  # the size changed
+                    rgb = fit_frame(rgb, width, height)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)

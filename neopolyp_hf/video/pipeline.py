@@ -174,6 +174,7 @@ def write_video_outputs(
     tracker = LesionTracker(config["class_names"], config["uncertain_range"]) if tracking else None
     total = int(round(info.duration_s * info.fps)) if info.duration_s else None
     writer = VideoWriter(output_video, info.fps, preset=preset) if output_video else None
+    made_masks_dir = bool(masks_dir) and not Path(masks_dir).exists()
     if masks_dir:
         Path(masks_dir).mkdir(parents=True, exist_ok=True)
     rows, written = [], []
@@ -204,6 +205,8 @@ def write_video_outputs(
             writer.abort()
         for path in written:  # a failed run leaves no partial set of masks either
             path.unlink(missing_ok=True)
+        if made_masks_dir and not any(Path(masks_dir).iterdir()):
+            Path(masks_dir).rmdir()  # nor a folder it made
         raise
     files = {}
     if writer is not None:
