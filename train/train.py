@@ -42,7 +42,7 @@ from neopolyp_hf.errors import EncoderWeightsError
 from neopolyp_hf.evaluation import evaluate_model
 from neopolyp_hf.metrics import DiceAccumulator
 from neopolyp_hf.model import head_scores
-from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet
+from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet, weights_provenance
 from neopolyp_hf.publish import publish_run
 from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
@@ -243,6 +243,7 @@ def card_kwargs(args: argparse.Namespace, metrics: dict[str, float], resolved: d
         "metrics": card_metrics,
         "dataset": SYNTHETIC_DATASET if synthetic else DATASET_ID,
         "training_args": json.dumps(training_args, indent=2, default=str),
+        "pretrained_encoder": weights_provenance(args.encoder_name, args.encoder_weights),
     }
 
 
