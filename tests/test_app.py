@@ -396,11 +396,14 @@ def _call_page_event(url: str, session_hash: str, api_name: str, data: list) -> 
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
     payload = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None}
     httpx.post(url + "gradio_api/queue/join", json=payload).raise_for_status()
+    logs = []  # the notices (gr.Warning) the event showed
     with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session_hash}, timeout=60) as s:
         for line in s.iter_lines():
             message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "log":
+                logs.append(message.get("log"))
             if message.get("msg") == "process_completed":
-                return message
+                return {**message, "logs": logs}
     raise AssertionError(f"no result for {api_name}")
 
 
@@ -438,12 +441,13 @@ def test_sessions_beyond_the_cap_are_dropped_least_recently_used_first(
         clients = [Client(url, verbose=False) for _ in range(3)]
         clients[0].predict(handle_file(str(example_image)), api_name="/predict")
         made = _call_page_event(url, clients[0].session_hash, "mask_file", [None])
-        assert made["success"], made  # the session's kept prediction makes the mask PNG
+        assert made["success"] and made["output"]["data"][0]["visible"], made  # the kept prediction's mask PNG
         for client in clients[1:]:  # two newer sessions: the first is dropped
             client.predict(handle_file(str(example_image)), api_name="/predict")
         dropped = _call_page_event(url, clients[0].session_hash, "mask_file", [None])
-        assert not dropped["success"] and "Segment an image first" in str(dropped["output"]), dropped
+        assert not dropped["output"]["data"][0]["visible"], dropped  # nothing kept, so no mask is offered
+        assert any("Segment an image first" in str(log) for log in dropped["logs"]), dropped  # a notice says why
         kept = _call_page_event(url, clients[2].session_hash, "mask_file", [None])
-        assert kept["success"], kept  # the newest is still there
+        assert kept["output"]["data"][0]["visible"], kept  # the newest is still there
     finally:
         stop_app(process)
