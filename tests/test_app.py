@@ -292,7 +292,7 @@ def test_browser_upload_shows_overlay_and_numbers(served, example_image, tmp_pat
             print(f"screenshot: {tmp_path / 'neopolyp_app.png'}")
 
             # A failed request leaves nothing of the earlier frame: no numbers, overlay, lesions or mask.
-            page.locator("#input button[aria-label='Clear']").first.click()
+            page.locator("#input button[aria-label='Remove Image']").first.click()
             page.click("#run")
             page.get_by_text("Upload an image first.").first.wait_for(timeout=30_000)
             assert page.inner_text("#summary").strip() == "Upload an image first."
@@ -372,7 +372,7 @@ def test_browser_video_upload_and_live_camera(served, small_clip, clip_scenes, t
             page.click("#run-video")
             page.locator("#video-output video").wait_for(state="visible", timeout=120_000)
             assert page.locator("#video-output video").get_attribute("src").endswith(".mp4")
-            page.locator("#tracks").get_by_text("first_frame").wait_for(timeout=30_000)
+            page.locator("#tracks").get_by_text("first seen (s)").wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "neopolyp_video.png"), full_page=True)
 
             page.get_by_role("tab", name="Camera").click()
