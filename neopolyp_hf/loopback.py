@@ -28,6 +28,7 @@ def start_app(app: Path, env_extra: dict[str, str], timeout: float = 180) -> tup
     process = subprocess.Popen(
         [sys.executable, str(app)], env=env, cwd=app.parent, stdout=log, stderr=subprocess.STDOUT, text=True
     )
+    process.log = log  # the server's output so far: log.seek(0), log.read()
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout
     while time.time() < deadline:

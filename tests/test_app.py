@@ -56,7 +56,7 @@ def served(trained_model_dir):
         }
     )
     try:
-        yield url, trained_model_dir / "best"
+        yield url, trained_model_dir / "best", process
     finally:
         stop_app(process)
 
@@ -131,6 +131,8 @@ def test_bad_uploads_get_clear_errors_and_the_server_keeps_serving(client, serve
     answer = httpx.post(served[0] + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert answer.status_code == 413 and "maximum allowed size of 2000000 bytes" in answer.text  # the server too
     assert _call(client, example_image)[1]
+    served[2].log.seek(0)
+    assert "Traceback" not in served[2].log.read()  # a user's error is a message, not a traceback in the log
 
 
 @pytest.mark.slow
@@ -380,6 +382,8 @@ def test_browser_video_upload_and_live_camera(served, small_clip, clip_scenes, t
             page.locator("#camera-input button[aria-label='capture photo']").click()  # starts the stream
             page.locator("#camera-output img").wait_for(state="visible", timeout=90_000)  # a tracked overlay back
             assert page.locator("#camera-output img").evaluate("img => img.naturalWidth") == 160
+            page.locator("#camera-summary").get_by_text("of the frame").first.wait_for(timeout=30_000)  # live shares
+            assert "Non-neoplastic" in page.inner_text("#camera-legend")
             page.screenshot(path=str(tmp_path / "neopolyp_camera.png"), full_page=True)
         finally:
             browser.close()

@@ -80,3 +80,24 @@ def test_the_repository_tracks_no_binary_file():
     files = [ROOT / name for name in tracked.decode().split("\0") if name]
     binary = [str(path) for path in files if path.is_file() and b"\0" in path.read_bytes()[:8192]]
     assert binary == []
+
+
+def test_without_a_chromium_the_browser_tests_skip_and_say_why(monkeypatch, tmp_path):
+    """`make test` off Debian or without root: no Chromium is installed, nothing fails, the skip is said."""
+    from helpers import find_chromium
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium, chromium-browser or google-chrome on it
+    assert find_chromium() is None
+    fake_id = tmp_path / "id"
+    fake_id.write_text("#!/bin/sh\necho 1000\n")  # not root
+    fake_id.chmod(0o755)
+    result = subprocess.run(
+        ["/usr/bin/make", "--no-print-directory", "chromium"],
+        cwd=ROOT,
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no Chromium found" in result.stdout and "the browser tests will skip" in result.stdout

@@ -109,3 +109,11 @@ def test_names_that_ffmpeg_would_read_as_urls_are_files(tmp_path, trained_model_
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=os.environ)
         assert result.returncode == 0, result.stderr[-1500:]
         assert probe_video(tmp_path / "out" / f"{name.removesuffix('.mp4')}_overlay.mp4").codec == "h264"
+
+
+def test_without_pyav_the_hint_names_what_installs_from_a_checkout(monkeypatch):
+    from neopolyp_hf.video.io import _av
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if the video extra were not installed
+    with pytest.raises(ImportError, match=r"in a checkout of NeoPolyp, pip install '\.\[video\]'"):
+        _av()
