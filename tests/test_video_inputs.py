@@ -83,6 +83,8 @@ def test_degenerate_sizes_are_refused_and_leave_nothing_behind(tmp_path, trained
     clip = encode(tmp_path / "thin.avi", [marked_frame(width, height)] * 3, codec="rawvideo", pix_fmt="rgb24")
     with pytest.raises(VideoLoadError, match=rf"{width}x{height} frames: a side under the minimum of 16 px"):
         probe_video(clip)
+    if (width, height) != (64, 1):
+        return  # the CLI once: the same refusal
     out = tmp_path / "out"
     command = [sys.executable, str(ROOT / "train" / "predict.py"), "--model", str(trained_model_dir / "best")]
     command += ["--video", str(clip), "--output-video", str(out / "o.mp4"), "--save-masks", str(out / "masks")]
@@ -100,7 +102,7 @@ def test_odd_sizes_above_the_minimum_still_work(tmp_path, trained_model_dir):
 
 
 def test_names_that_ffmpeg_would_read_as_urls_are_files(tmp_path, trained_model_dir, small_clip):
-    names = ["2024-05-01T10:32:05.mp4", "-clip.mp4", "a|b c é.mp4"]
+    names = ["2024-05-01T10:32:05.mp4", "-a|b c é.mp4"]  # a protocol-like prefix; a dash, pipe, space, non-ASCII
     for name in names:
         (tmp_path / name).write_bytes(small_clip.read_bytes())
         command = [sys.executable, str(ROOT / "train" / "predict.py"), "--model", str(trained_model_dir / "best")]
