@@ -11,7 +11,9 @@ breathing light), the true mask warped with it, and a cut between scenes. Per ba
 - model-only frames/s: `predict()` on the same decoded frames, the ceiling, and the ratio of the two;
 - pooled Dice per class over all frames, with tracking and frame by frame (`--no-tracking`);
 - flicker: class changes per track per 100 track-frames, with and without tracking;
-- track-id switches inside a scene: a true lesion whose best-overlapping track changes.
+- track-id switches inside a scene: a true lesion whose best-overlapping track changes;
+- class flips per 1000 frames: the class called over a true polyp changing between frames (the field's
+  temporal figure), and tracks per true polyp inside a scene (fragmentation; 1 is ideal).
 
 `--input-size` runs the model at another input size than it was trained at (a fully convolutional
 U-Net accepts it): for frame rates at 256 px with a 128 px model. All figures come from one run.
@@ -193,6 +195,46 @@ def id_switches(results, truths: list[np.ndarray], scenes: list[int]) -> int:
     return switches
 
 
+def true_polyps(result, truth: np.ndarray):
+    """(instance, predicted polyp class under it or None, track ids of the lesions over it) per true polyp."""
+    _, labels, _ = label_polyps(result.mask)
+    by_label = {lesion.label: lesion.track_id for lesion in result.lesions}
+    instances = truth // INSTANCES
+    for instance in np.unique(instances):
+        if instance == 0:
+            continue
+        inside = instances == instance
+        votes = np.bincount(result.mask[inside], minlength=len(CLASS_NAMES))[1:]
+        called = int(votes.argmax()) + 1 if votes.any() else None
+        tracks = {by_label[int(k)] for k in np.unique(labels[inside]) if k and by_label.get(int(k)) is not None}
+        yield int(instance), called, tracks
+
+
+def flips_per_1000(results, truths: list[np.ndarray], scenes: list[int]) -> float:
+    """Changes of the class called over a true polyp between consecutive frames of a scene (its
+    pixels' majority polyp class), per 1000 frames: the field's temporal-consistency figure."""
+    last: dict[tuple[int, int], int] = {}
+    flips = 0
+    for result, truth, scene in zip(results, truths, scenes, strict=True):
+        for instance, called, _ in true_polyps(result, truth):
+            key = (scene, instance)
+            if called is not None:
+                flips += key in last and last[key] != called
+                last[key] = called
+    return 1000.0 * flips / max(len(results), 1)
+
+
+def fragmentation(results, truths: list[np.ndarray], scenes: list[int]) -> float:
+    """Distinct tracks per true polyp inside a scene (1 is ideal): how often one polyp is split or re-found
+    as new tracks."""
+    tracks: dict[tuple[int, int], set] = {}
+    for result, truth, scene in zip(results, truths, scenes, strict=True):
+        for instance, _, over in true_polyps(result, truth):
+            tracks.setdefault((scene, instance), set()).update(over)
+    found = [len(ids) for ids in tracks.values() if ids]
+    return float(np.mean(found)) if found else float("nan")
+
+
 def dice(results, truths: list[np.ndarray]) -> dict[str, float]:
     accumulator = DiceAccumulator(list(CLASS_NAMES))
     for result, truth in zip(results, truths, strict=True):
@@ -252,24 +294,36 @@ def main(args: argparse.Namespace) -> list[dict]:
                 "end_to_end_fps": end_to_end_fps,
                 "model_only_fps": model_fps,
                 "ratio": end_to_end_fps / model_fps,
-                "tracked": {**dice(tracked, truths), "flicker_per_100": flicker(tracked, True)},
-                "frame_by_frame": {**dice(untracked, truths), "flicker_per_100": flicker(untracked, False)},
+                "tracked": {
+                    **dice(tracked, truths),
+                    "flicker_per_100": flicker(tracked, True),
+                    "flips_per_1000_frames": flips_per_1000(tracked, truths, scenes),
+                },
+                "frame_by_frame": {
+                    **dice(untracked, truths),
+                    "flicker_per_100": flicker(untracked, False),
+                    "flips_per_1000_frames": flips_per_1000(untracked, truths, scenes),
+                },
                 "id_switches_in_scene": id_switches(tracked, truths, scenes),
+                "tracks_per_true_polyp": fragmentation(tracked, truths, scenes),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
         "\n| backend | end-to-end fps | model-only fps | ratio | Dice neo tracked / frame "
-        "| Dice non-neo tracked / frame | flicker tracked / frame (per 100) | id switches |"
+        "| Dice non-neo tracked / frame | flicker tracked / frame (per 100) "
+        "| class flips tracked / frame (per 1000 frames) | id switches | tracks per true polyp |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, f = r["tracked"], r["frame_by_frame"]
         print(
             f"| {r['backend']} | {r['end_to_end_fps']:.1f} | {r['model_only_fps']:.1f} | {r['ratio']:.2f} "
             f"| {t['dice_neoplastic']:.3f} / {f['dice_neoplastic']:.3f} "
             f"| {t['dice_non_neoplastic']:.3f} / {f['dice_non_neoplastic']:.3f} "
-            f"| {t['flicker_per_100']:.2f} / {f['flicker_per_100']:.2f} | {r['id_switches_in_scene']} |"
+            f"| {t['flicker_per_100']:.2f} / {f['flicker_per_100']:.2f} "
+            f"| {t['flips_per_1000_frames']:.1f} / {f['flips_per_1000_frames']:.1f} "
+            f"| {r['id_switches_in_scene']} | {r['tracks_per_true_polyp']:.2f} |"
         )
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))
