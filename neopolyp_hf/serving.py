@@ -107,13 +107,13 @@ def load_segmenter(
         if backend == "onnx":
             device = torch.device("cpu")
             if precision == "int8":
-                if files.is_local and not (files.config.parent / INT8_FILE).is_file():
+                try:
+                    int8 = fetch_model_file(files, INT8_FILE)
+                except ModelSourceError as error:  # say how to make it, for a model trained here or pushed without it
                     raise ModelSourceError(
-                        f"model folder '{files.source}' has no {INT8_FILE}; make it (calibrated on your frames) with: "
-                        f"python train/export_onnx.py --model {files.source} --output {files.source}/{INT8_FILE} "
-                        "--int8 --calibration-dir DATA"
-                    )
-                int8 = fetch_model_file(files, INT8_FILE)
+                        f"{error}; make it (calibrated on your frames) with: python train/export_onnx.py --model "
+                        f"{files.source} --output {files.source}/{INT8_FILE} --int8 --calibration-dir DATA"
+                    ) from error
                 if model.config.get("lesion_classifier"):  # the second stage's graph, from the same commit
                     fetch_model_file(files, classifier_graph_path(INT8_FILE).name)
                 segmenter = OnnxSegmenter(int8)
