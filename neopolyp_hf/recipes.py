@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import albumentations as A
@@ -13,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .classes import NON_NEOPLASTIC
+from .classes import CLASS_NAMES, MINORITY_CLASS, NON_NEOPLASTIC, POLYP_CLASSES
+from .data import holds_minority_class
 from .model import head_scores
 
 
@@ -43,6 +45,11 @@ class Recipe:
     encoder_name: str = "resnet34"
     encoder_weights: str = "imagenet"
     encoder_lr_scale: float = 1.0
+    frozen_encoder_epochs: int = 0  # epochs at the start that train the decoder only (encoder held fixed)
+    # How images are drawn: "fixed" (those holding the minority class `minority_oversampling` times as
+    # often) or "pixel_balance" (NeoUNet's: those holding only the minority class as often as makes the
+    # two polyp classes' pixel totals equal; Lan et al., "NeoUNet", arXiv:2107.05023, 2021).
+    minority_sampling: str = "fixed"
     # The CPU protocol (from scratch, 2 cores, at most 40 minutes on the slowest CPU seen): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
@@ -304,6 +311,27 @@ def build_loss(recipe: Recipe, pixel_counts: torch.Tensor) -> nn.Module:
         return PolypThenClassLoss(region, weight)
     weight = class_weights(pixel_counts, recipe.ce_weight_power) if recipe.class_weighted_ce else None
     return DiceCrossEntropyLoss(region, weight)
+
+
+def sampling_weights(recipe: Recipe, strata: Sequence[str], masks: np.ndarray) -> list[float]:
+    """Each training image's weight in the epoch's draw (see `Recipe.minority_sampling`).
+
+    `strata`: one `data.stratum` name per image; `masks`: N x H x W class indices (the resized cache).
+    Raises ValueError for an unknown `minority_sampling`.
+    """
+    if recipe.minority_sampling == "fixed":
+        return [recipe.minority_oversampling if holds_minority_class(s) else 1.0 for s in strata]
+    if recipe.minority_sampling != "pixel_balance":
+        raise ValueError(f"unknown minority_sampling {recipe.minority_sampling!r}: use fixed or pixel_balance")
+    only_minority = np.array([s == CLASS_NAMES[MINORITY_CLASS] for s in strata])
+    counts = np.stack([np.bincount(m.ravel(), minlength=len(CLASS_NAMES)) for m in masks])
+    majority = [c for c in POLYP_CLASSES if c != MINORITY_CLASS]
+    majority_pixels = counts[:, majority].sum()
+    minority_elsewhere = counts[~only_minority, MINORITY_CLASS].sum()
+    minority_alone = counts[only_minority, MINORITY_CLASS].sum()
+    # w * minority_alone + minority_elsewhere = majority_pixels; never below 1 (no image drawn less often).
+    weight = max(1.0, (majority_pixels - minority_elsewhere) / minority_alone) if minority_alone else 1.0
+    return [float(weight) if alone else 1.0 for alone in only_minority]
 
 
 def parameter_groups(unet: nn.Module, lr: float, encoder_lr_scale: float) -> list[dict]:

@@ -344,3 +344,41 @@ def test_the_run_says_which_device_it_trains_on_and_why_not_a_gpu(monkeypatch):
     assert line.startswith("training on the CPU (") and "a CUDA 13.0 build but sees no usable GPU" in line
     monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only torch: nothing to explain
     assert "GPU" not in train_script.describe_device(torch.device("cpu"))
+
+
+def test_pixel_balance_draws_minority_only_images_until_the_polyp_classes_pixel_totals_match():
+    import numpy as np
+
+    from neopolyp_hf import recipes
+
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[0, :6, :5] = 1  # neoplastic only: 30 px
+    masks[1, :2, :5] = 1  # both: 10 neoplastic, 5 non-neoplastic
+    masks[1, 9, :5] = 2
+    masks[2, :1, :5] = 2  # non-neoplastic only: 5 px
+    strata = ["neoplastic", "neoplastic+non_neoplastic", "non_neoplastic"]
+    balanced = recipes.resolve_recipe("neopolyp", ["minority_sampling=pixel_balance"])
+    weights = recipes.sampling_weights(balanced, strata, masks)
+    assert weights == [1.0, 1.0, 7.0]  # 7 * 5 + 5 = 40 = 30 + 10
+    fixed = recipes.resolve_recipe("neopolyp", ["minority_oversampling=3"])
+    assert recipes.sampling_weights(fixed, strata, masks) == [1.0, 3.0, 3.0]
+    with pytest.raises(ValueError, match="unknown minority_sampling 'nope'"):
+        recipes.sampling_weights(recipes.resolve_recipe("neopolyp", ["minority_sampling=nope"]), strata, masks)
+
+
+def test_frozen_encoder_epochs_train_the_decoder_only(tmp_path, synthetic_data):
+    from accelerate.utils import set_seed
+
+    out = tmp_path / "run"
+    command = ["--data-dir", str(synthetic_data), "--output-dir", str(out), "--epochs", "1"] + SMALL
+    command += ["--recipe", "neopolyp", "--recipe-override", "frozen_encoder_epochs=1", "--seed", "0"]
+    args = train_script.get_args_parser().parse_args(command)
+    train_script.main(args)
+    set_seed(0)  # as main() does before it builds the model: the same initial weights
+    start = train_script.build_model(args, train_script.recipes.resolve_recipe("neopolyp")).unet
+    trained = NeoPolypUNet.from_pretrained(out / "best").unet
+    for part, should_move in (("encoder", False), ("decoder", True)):
+        before = dict(getattr(start, part).named_parameters())
+        after = dict(getattr(trained, part).named_parameters())
+        moved = [name for name, p in after.items() if not torch.equal(p, before[name])]
+        assert bool(moved) == should_move, (part, moved[:3])

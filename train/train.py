@@ -35,7 +35,6 @@ from neopolyp_hf.data import (
     SegmentationDataset,
     build_cache,
     find_pairs,
-    holds_minority_class,
     stratified_split,
 )
 from neopolyp_hf.errors import EncoderWeightsError
@@ -436,7 +435,12 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {error}") from error
     config = model.config
 
-    weights = [recipe.minority_oversampling if holds_minority_class(s) else 1.0 for s in train_cache.strata]
+    try:
+        weights = recipes.sampling_weights(recipe, train_cache.strata, train_cache.masks)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    if len(set(weights)) > 1:
+        accelerator.print(f"sampling: images holding the minority class drawn {max(weights):.2f}x as often")
     augment = recipes.train_augmentation(recipe, train_cache)
     augment.set_random_seed(args.seed)
     train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
@@ -482,6 +486,9 @@ def main(args: argparse.Namespace) -> dict:
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         started = time.perf_counter()
         train_loader.set_epoch(epoch)
+        # The first frozen_encoder_epochs train the decoder only: the ImageNet features stay as they are
+        # while the decoder, which starts from nothing, learns to read them (and the steps are cheaper).
+        accelerator.unwrap_model(model).unet.encoder.requires_grad_(epoch > recipe.frozen_encoder_epochs)
         train_loss = train_one_epoch(
             model, loss_fn, optimizer, scheduler, train_loader, accelerator, epoch, channels_last
         )
