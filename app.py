@@ -30,7 +30,7 @@ from neopolyp_hf.atomic import write_atomic
 from neopolyp_hf.errors import ConfigError, NeoPolypError
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
-from neopolyp_hf.serving import (
+from neopolyp_hf.serving.space import (
     LESION_HEADERS,
     TRACK_TABLE_HEADERS,
     KeptPrediction,

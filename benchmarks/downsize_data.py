@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 from PIL import Image
 
-from neopolyp_hf.data import IMAGE_DIR, MASK_DIR, Sample, find_pairs, load_pair
 from neopolyp_hf.masks import colorize_mask
+from neopolyp_hf.training.data import IMAGE_DIR, MASK_DIR, Sample, find_pairs, load_pair
 
 
 def downsize(sample: Sample, output: Path, width: int, quality: int) -> None:

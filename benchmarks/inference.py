@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from neopolyp_hf import NeoPolypUNet, harmonize_lesions, rle_decode, rle_encode
 from neopolyp_hf.inference import Prediction, scores_to_mask
-from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
 from neopolyp_hf.preprocessing import load_image, preprocess
 from neopolyp_hf.synthetic import synthetic_pair
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypUNet
-from neopolyp_hf.data import find_pairs, load_pair
-from neopolyp_hf.evaluation import evaluate_model, read_ids, select_samples
-from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.training.data import find_pairs, load_pair
+from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 
 COLUMNS = ("dice_neoplastic", "dice_non_neoplastic", "dice_mean", "dice_per_image")
 

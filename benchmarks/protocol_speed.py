@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from neopolyp_hf import recipes
+from neopolyp_hf.training import recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWEST_CPU_BASELINE_S = 98.0  # ResNet34 from scratch, 128 px, one protocol epoch, on the slowest CPU seen

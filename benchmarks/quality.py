@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from neopolyp_hf import recipes
 from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.classifier.fusion import fused_logit, sigmoid
-from neopolyp_hf.data import build_cache, find_pairs, stratified_folds
-from neopolyp_hf.evaluation import evaluate_model, select_samples
-from neopolyp_hf.metrics import class_accuracies
-from neopolyp_hf.serving import load_segmenter
+from neopolyp_hf.serving.space import load_segmenter
+from neopolyp_hf.training import recipes
+from neopolyp_hf.training.data import build_cache, find_pairs, stratified_folds
+from neopolyp_hf.training.evaluation import evaluate_model, select_samples
+from neopolyp_hf.training.metrics import class_accuracies
 
 ROOT = Path(__file__).resolve().parents[1]
 

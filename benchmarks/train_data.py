@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neopolyp_hf import NeoPolypUNet, recipes
-from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs, load_pair
+from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.preprocessing import normalize, resize_image, resize_mask
 from neopolyp_hf.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from neopolyp_hf.synthetic import write_dataset
+from neopolyp_hf.training import recipes
+from neopolyp_hf.training.data import SegmentationDataset, build_cache, find_pairs, load_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -37,12 +37,12 @@ import numpy as np
 
 from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
-from neopolyp_hf.data import load_pair
-from neopolyp_hf.evaluation import read_ids, select_samples
 from neopolyp_hf.lesions import label_polyps
-from neopolyp_hf.metrics import DiceAccumulator
-from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx, quantize_onnx
-from neopolyp_hf.video.clips import scene_frames, write_clip
+from neopolyp_hf.onnx.backend import OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.training.clips import scene_frames, write_clip
+from neopolyp_hf.training.data import load_pair
+from neopolyp_hf.training.evaluation import read_ids, select_samples
+from neopolyp_hf.training.metrics import DiceAccumulator
 from neopolyp_hf.video.io import read_frames
 from neopolyp_hf.video.pipeline import segment_video, write_video_outputs
 from neopolyp_hf.video.tracking import LesionTracker
@@ -83,7 +83,7 @@ def space_benchmark(args) -> dict:
 
     from gradio_client import Client, handle_file
 
-    from neopolyp_hf.loopback import start_app, stop_app
+    from neopolyp_hf.serving.loopback import start_app, stop_app
 
     root = Path(__file__).resolve().parents[1]
     figures = {}

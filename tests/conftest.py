@@ -87,7 +87,7 @@ def trained_model_dir(tmp_path_factory, synthetic_data) -> Path:
 @pytest.fixture(scope="session")
 def clip_scenes(synthetic_data):
     """Two synthetic (frame, true mask) scenes for test clips."""
-    from neopolyp_hf.data import find_pairs, load_pair
+    from neopolyp_hf.training.data import find_pairs, load_pair
 
     return [load_pair(sample) for sample in find_pairs(synthetic_data)[:2]]
 
@@ -95,7 +95,7 @@ def clip_scenes(synthetic_data):
 @pytest.fixture(scope="session")
 def small_clip(tmp_path_factory, clip_scenes) -> Path:
     """A 16-frame H.264 clip at 160x120 (two scenes of a moving camera, one cut), made once."""
-    from neopolyp_hf.video.clips import clip_frames, write_clip
+    from neopolyp_hf.training.clips import clip_frames, write_clip
 
     frames = [frame for _, frame, _ in clip_frames(clip_scenes, 8, (160, 120))]
     return write_clip(tmp_path_factory.mktemp("clips") / "small.mp4", frames, fps=8.0)

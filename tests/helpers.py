@@ -13,8 +13,8 @@ from types import ModuleType
 
 import numpy as np
 
-from neopolyp_hf import loopback
-from neopolyp_hf.loopback import stop_app  # noqa: F401  (re-exported for the tests)
+from neopolyp_hf.serving import loopback
+from neopolyp_hf.serving.loopback import stop_app  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from neopolyp_hf.loopback import free_port
+from neopolyp_hf.serving.loopback import free_port
 
 GIT = ["git", "-c", "user.name=hub", "-c", "user.email=hub@localhost", "-c", "commit.gpgsign=false"]
 REPO_PATH = r"/api/(?P<type>models|datasets|spaces)/(?P<org>[\w.-]+)/(?P<name>[\w.-]+)"

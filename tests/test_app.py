@@ -28,7 +28,7 @@ from helpers import (
 )
 from PIL import Image
 
-from neopolyp_hf.serving import LESION_HEADERS, load_segmenter, percentages_summary
+from neopolyp_hf.serving.space import LESION_HEADERS, load_segmenter, percentages_summary
 
 CHROMIUM = find_chromium()
 NO_CHROMIUM = f"no Chromium on the PATH ({', '.join(CHROMIUM_NAMES)}): the browser tests skip"
@@ -311,8 +311,8 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     from gradio_client import handle_file
 
     from neopolyp_hf.classes import display_name
-    from neopolyp_hf.serving import TRACK_TABLE_HEADERS
-    from neopolyp_hf.video.clips import clip_frames, write_clip
+    from neopolyp_hf.serving.space import TRACK_TABLE_HEADERS
+    from neopolyp_hf.training.clips import clip_frames, write_clip
     from neopolyp_hf.video.io import probe_video, read_frames
     from neopolyp_hf.video.pipeline import write_video_outputs
 
@@ -355,7 +355,7 @@ def test_browser_video_upload_and_live_camera(served, small_clip, clip_scenes, t
         pytest.skip(NO_CHROMIUM)
     from playwright.sync_api import sync_playwright
 
-    from neopolyp_hf.video.clips import clip_frames, write_clip
+    from neopolyp_hf.training.clips import clip_frames, write_clip
 
     camera = write_clip(tmp_path / "camera.y4m", [f for _, f, _ in clip_frames(clip_scenes, 8, (160, 120))], fps=8.0)
     fake_camera = [

@@ -19,10 +19,10 @@ from neopolyp_hf.classifier.fusion import (
     logit,
     sigmoid,
 )
-from neopolyp_hf.classifier.training import LesionPatches, extract_lesion_patches, train_lesion_classifier
-from neopolyp_hf.data import find_pairs
 from neopolyp_hf.lesions import find_lesions, label_polyps
-from neopolyp_hf.onnx_backend import OnnxSegmenter, classifier_graph_path, export_onnx, quantize_onnx
+from neopolyp_hf.onnx.backend import OnnxSegmenter, classifier_graph_path, export_onnx, quantize_onnx
+from neopolyp_hf.training.data import find_pairs
+from neopolyp_hf.training.lesion_classifier import LesionPatches, extract_lesion_patches, train_lesion_classifier
 
 SETTINGS = {"architecture": "resnet10", "crop_size": 64, "margin": 0.25, "fusion_weight": 1.0, "temperature": 1.0}
 

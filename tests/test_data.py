@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neopolyp_hf.data import DataError, build_cache, find_pairs, stratified_folds, stratified_split, stratum
 from neopolyp_hf.synthetic import write_dataset
+from neopolyp_hf.training.data import DataError, build_cache, find_pairs, stratified_folds, stratified_split, stratum
 
 
 def test_find_pairs_reports_mismatches(tmp_path):
@@ -81,7 +81,7 @@ def test_downsized_copy_keeps_the_layout_and_the_exact_classes(tmp_path, synthet
     import cv2
     from helpers import load_script
 
-    from neopolyp_hf.data import IMAGE_DIR, MASK_DIR, load_pair
+    from neopolyp_hf.training.data import IMAGE_DIR, MASK_DIR, load_pair
 
     downsize_data = load_script("downsize_data", folder="benchmarks")
     (tmp_path / IMAGE_DIR).mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_downsized_copy_keeps_the_layout_and_the_exact_classes(tmp_path, synthet
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
 def test_id_lists_as_any_program_saves_them(tmp_path, encoding, newline):
-    from neopolyp_hf.evaluation import read_ids
+    from neopolyp_hf.training.evaluation import read_ids
 
     listed = tmp_path / "ids.txt"
     listed.write_bytes(newline.join(["a1", "", "b2 ", "c3"]).encode(encoding))
@@ -112,7 +112,7 @@ def test_id_lists_as_any_program_saves_them(tmp_path, encoding, newline):
 
 def test_an_id_file_that_cannot_be_read_names_the_line(tmp_path):
     from neopolyp_hf import DataError
-    from neopolyp_hf.evaluation import read_ids
+    from neopolyp_hf.training.evaluation import read_ids
 
     broken = tmp_path / "split.json"
     broken.write_text('{"val": [\n "a1",\n ]\n}')

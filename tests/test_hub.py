@@ -108,7 +108,7 @@ LOGITS_SCRIPT = """
 def test_push_publishes_weights_config_and_card(pushed, hub):
     from huggingface_hub import ModelCard
 
-    from neopolyp_hf.publish import sha256
+    from neopolyp_hf.training.publish import sha256
 
     repo = hub.mirrors / "models" / REPO
     files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
@@ -130,7 +130,7 @@ def test_push_publishes_weights_config_and_card(pushed, hub):
 def test_int8_serves_from_the_hub_and_a_run_can_be_pushed_again(pushed, hub, hub_env, synthetic_data):
     result = run_python(
         f"""
-        from neopolyp_hf.serving import load_segmenter
+        from neopolyp_hf.serving.space import load_segmenter
         segmenter, info = load_segmenter({REPO!r}, precision="int8")
         prediction = segmenter.predict({str(sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[0])!r})
         print(info.backend, info.precision, segmenter.precision, prediction.mask.shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neopolyp_hf.metrics import DiceAccumulator, LesionAccumulator
+from neopolyp_hf.training.metrics import DiceAccumulator, LesionAccumulator
 
 CLASSES = ["background", "neoplastic", "non_neoplastic"]
 
@@ -96,7 +96,7 @@ def test_lesion_metrics_without_lesions_are_nan_not_errors():
 
 
 def test_calibration_error_on_known_probabilities():
-    from neopolyp_hf.metrics import CalibrationAccumulator
+    from neopolyp_hf.training.metrics import CalibrationAccumulator
 
     truth = np.zeros((1, 10), np.uint8)
     truth[0, :8] = 1  # 8 of 10 pixels neoplastic
@@ -119,7 +119,7 @@ def test_calibration_error_on_known_probabilities():
 
 def test_confident_lesion_calls_against_all_calls():
     from neopolyp_hf.lesions import find_lesions
-    from neopolyp_hf.metrics import LesionCallAccumulator
+    from neopolyp_hf.training.metrics import LesionCallAccumulator
 
     truth = np.zeros((20, 30), np.uint8)
     truth[2:8, 2:8] = 1

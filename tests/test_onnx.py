@@ -8,7 +8,7 @@ import pytest
 from helpers import ROOT
 
 from neopolyp_hf import NeoPolypUNet
-from neopolyp_hf.onnx_backend import OnnxSegmenter, export_onnx
+from neopolyp_hf.onnx.backend import OnnxSegmenter, export_onnx
 
 
 def test_onnx_export_has_dynamic_batch_and_agrees_with_torch(trained_model_dir, synthetic_data, tmp_path):

@@ -7,8 +7,8 @@ from PIL import Image
 
 from neopolyp_hf import ImageLoadError, load_image
 from neopolyp_hf.config import ModelConfig
-from neopolyp_hf.data import SegmentationDataset, build_cache, find_pairs
 from neopolyp_hf.inference import predict_images
+from neopolyp_hf.training.data import SegmentationDataset, build_cache, find_pairs
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:

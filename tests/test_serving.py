@@ -11,8 +11,8 @@ import torch
 
 from neopolyp_hf import ConfigError, ImageLoadError, ModelSourceError, NeoPolypUNet
 from neopolyp_hf.inference import uncertainty_colors
-from neopolyp_hf.onnx_backend import OnnxSegmenter
-from neopolyp_hf.serving import (
+from neopolyp_hf.onnx.backend import OnnxSegmenter
+from neopolyp_hf.serving.space import (
     TRACK_TABLE_HEADERS,
     KeptPrediction,
     OutputStore,
@@ -65,7 +65,7 @@ def test_torch_backend_and_bad_choices(random_model, tmp_path):
 
 
 def test_an_onnx_file_serves_with_its_own_precision(random_model, tmp_path):
-    from neopolyp_hf.onnx_backend import export_onnx
+    from neopolyp_hf.onnx.backend import export_onnx
 
     path = export_onnx(random_model, tmp_path / "m.onnx")
     segmenter, info = load_segmenter(str(path))

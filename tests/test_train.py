@@ -290,7 +290,7 @@ def test_split_file_last_checkpoint_and_polyp_head_recipe(tmp_path, synthetic_da
 
 
 def test_the_protocol_command_trains_the_default_recipe_at_its_cpu_budget():
-    from neopolyp_hf import recipes
+    from neopolyp_hf.training import recipes
 
     quality = load_script("quality", folder="benchmarks")
     command = quality.train_command(recipes.DEFAULT_RECIPE, "DATA", "OUT")
@@ -316,8 +316,8 @@ def test_fold_runs_refuse_a_folder_made_for_another_fold_assignment(tmp_path):
 def test_minority_paste_puts_a_training_lesion_onto_background():
     import numpy as np
 
-    from neopolyp_hf import recipes
-    from neopolyp_hf.data import ResizedCache
+    from neopolyp_hf.training import recipes
+    from neopolyp_hf.training.data import ResizedCache
 
     donor_image = np.full((32, 32, 3), 200, np.uint8)
     donor_mask = np.zeros((32, 32), np.uint8)
@@ -349,7 +349,7 @@ def test_the_run_says_which_device_it_trains_on_and_why_not_a_gpu(monkeypatch):
 def test_pixel_balance_draws_minority_only_images_until_the_polyp_classes_pixel_totals_match():
     import numpy as np
 
-    from neopolyp_hf import recipes
+    from neopolyp_hf.training import recipes
 
     masks = np.zeros((3, 10, 10), np.uint8)
     masks[0, :6, :5] = 1  # neoplastic only: 30 px

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError
-from neopolyp_hf.evaluation import evaluate_model, read_ids, select_samples
-from neopolyp_hf.serving import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.serving.space import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> dict:
         model, samples, tta=args.tta, lesion_consistency=not args.no_lesion_consistency, reliability=curves
     )
     if args.reliability_plot:
-        from neopolyp_hf.reporting import save_reliability_plot  # matplotlib: a training dependency
+        from neopolyp_hf.training.reporting import save_reliability_plot  # matplotlib: a training dependency
 
         save_reliability_plot(curves, Path(args.reliability_plot))
     result.update(

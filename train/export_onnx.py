@@ -13,8 +13,8 @@ from pathlib import Path
 
 from neopolyp_hf import NeoPolypError, NeoPolypUNet
 from neopolyp_hf.atomic import prepare_output
-from neopolyp_hf.data import IMAGE_SUFFIXES
-from neopolyp_hf.onnx_backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.training.data import IMAGE_SUFFIXES
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from neopolyp_hf import NeoPolypError
-from neopolyp_hf.data import find_pairs
-from neopolyp_hf.publish import publish_run
+from neopolyp_hf.training.data import find_pairs
+from neopolyp_hf.training.publish import publish_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:

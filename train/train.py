@@ -26,26 +26,27 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from tqdm.auto import tqdm
 
-from neopolyp_hf import ConfigError, DataError, NeoPolypUNet, recipes
+from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
 from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
 from neopolyp_hf.classifier.fusion import expected_calibration_error, fit_temperature, fused_logit, sigmoid
-from neopolyp_hf.classifier.training import extract_lesion_patches, train_lesion_classifier
-from neopolyp_hf.data import (
+from neopolyp_hf.errors import EncoderWeightsError
+from neopolyp_hf.model import head_scores
+from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet, weights_provenance
+from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
+from neopolyp_hf.textfiles import read_user_json
+from neopolyp_hf.training import recipes
+from neopolyp_hf.training.data import (
     DATASET_ID,
     SegmentationDataset,
     build_cache,
     find_pairs,
     stratified_split,
 )
-from neopolyp_hf.errors import EncoderWeightsError
-from neopolyp_hf.evaluation import evaluate_model
-from neopolyp_hf.metrics import DiceAccumulator
-from neopolyp_hf.model import head_scores
-from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet, weights_provenance
-from neopolyp_hf.publish import publish_run
-from neopolyp_hf.reporting import save_training_curves, save_validation_overlays
-from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
-from neopolyp_hf.textfiles import read_user_json
+from neopolyp_hf.training.evaluation import evaluate_model
+from neopolyp_hf.training.lesion_classifier import extract_lesion_patches, train_lesion_classifier
+from neopolyp_hf.training.metrics import DiceAccumulator
+from neopolyp_hf.training.publish import publish_run
+from neopolyp_hf.training.reporting import save_training_curves, save_validation_overlays
 
 STATE_FILE = "training_state.json"
 OFFLINE_ADVICE = (

@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_atomic
-from .classifier.crops import lesion_crops, normalize_crops
-from .config import ModelConfig
-from .inference import Segmenter
-from .model import NeoPolypUNet, head_scores
-from .preprocessing import ImageInput, load_image, preprocess
+from ..atomic import write_atomic
+from ..classifier.crops import lesion_crops, normalize_crops
+from ..config import ModelConfig
+from ..inference import Segmenter
+from ..model import NeoPolypUNet, head_scores
+from ..preprocessing import ImageInput, load_image, preprocess
 
-# The exports published beside a model's weights (neopolyp_hf.publish); NEOPOLYP_PRECISION=int8 loads the second.
+# The exports published beside a model's weights (neopolyp_hf.training.publish);
+# NEOPOLYP_PRECISION=int8 loads the second.
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 CONFIG_KEY = "neopolyp_config"

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..masks import polyp_box
-from .io import _av
+from ..video.io import _av
 
 # (codec, container format, pixel format) for each kind of clip that the tests and benchmark write.
 CLIP_CODECS = {

@@ -18,15 +18,15 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from .classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
-from .errors import ConfigError, ModelSourceError, NeoPolypError
-from .inference import Prediction, Segmenter, uncertainty_colors, uncertainty_levels, uncertainty_view
-from .masks import overlay_mask, polyp_box
-from .model import NeoPolypUNet
-from .onnx_backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
-from .preprocessing import DEFAULT_MAX_PIXELS, load_image
-from .source import fetch_model_file
-from .synthetic import SYNTHETIC_DATASET
+from ..classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
+from ..errors import ConfigError, ModelSourceError, NeoPolypError
+from ..inference import Prediction, Segmenter, uncertainty_colors, uncertainty_levels, uncertainty_view
+from ..masks import overlay_mask, polyp_box
+from ..model import NeoPolypUNet
+from ..onnx.backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
+from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
+from ..source import fetch_model_file
+from ..synthetic import SYNTHETIC_DATASET
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "bf16", "int8")

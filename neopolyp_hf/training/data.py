@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_atomic
-from .classes import CLASS_NAMES, MINORITY_CLASS, POLYP_CLASSES
-from .errors import DataError, ImageLoadError
-from .masks import decode_mask
-from .preprocessing import load_image, normalize, resize_image, resize_mask
+from ..atomic import write_atomic
+from ..classes import CLASS_NAMES, MINORITY_CLASS, POLYP_CLASSES
+from ..errors import DataError, ImageLoadError
+from ..masks import decode_mask
+from ..preprocessing import load_image, normalize, resize_image, resize_mask
 
 IMAGE_DIR = Path("train") / "train"
 MASK_DIR = Path("train_gt") / "train_gt"

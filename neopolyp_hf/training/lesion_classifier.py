@@ -15,10 +15,10 @@ from torch.nn import functional as F
 
 from ..atomic import write_atomic
 from ..classes import NEOPLASTIC, POLYP_CLASSES
-from ..data import Sample, load_pair
+from ..classifier.crops import crop_square, lesion_square, normalize_crops
+from ..classifier.model import LesionClassifier
 from ..lesions import label_polyps, region_votes
-from .crops import crop_square, lesion_square, normalize_crops
-from .model import LesionClassifier
+from .data import Sample, load_pair
 
 CONTEXT = 2.0  # a stored patch spans this many crop sides, so that jitter and rotation stay inside it
 MIN_AREA = 64  # px at full resolution: smaller true lesions are annotation specks, not polyps to class

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .errors import DataError, ModelSourceError
+from ..errors import DataError, ModelSourceError
+from ..model import NeoPolypUNet
+from ..onnx.backend import INT8_FILE, ONNX_FILE, classifier_graph_path, export_onnx, quantize_onnx
+from ..preprocessing import ImageInput
 from .evaluation import calibration_figures
-from .model import NeoPolypUNet
-from .onnx_backend import INT8_FILE, ONNX_FILE, classifier_graph_path, export_onnx, quantize_onnx
-from .preprocessing import ImageInput
 
 
 def sha256(path: Path) -> str:

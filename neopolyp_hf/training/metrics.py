@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lesions import label_polyps, region_votes
+from ..lesions import label_polyps, region_votes
 
 
 class DiceAccumulator:

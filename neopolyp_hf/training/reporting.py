@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .atomic import write_atomic  # noqa: E402
+from ..atomic import write_atomic  # noqa: E402
+from ..masks import overlay_mask  # noqa: E402
+from ..model import NeoPolypUNet  # noqa: E402
 from .data import Sample, load_pair  # noqa: E402
-from .masks import overlay_mask  # noqa: E402
-from .model import NeoPolypUNet  # noqa: E402
 
 
 def save_training_curves(history: list[dict], path: Path) -> None:

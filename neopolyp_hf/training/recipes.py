@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .classes import CLASS_NAMES, MINORITY_CLASS, NON_NEOPLASTIC, POLYP_CLASSES
+from ..classes import CLASS_NAMES, MINORITY_CLASS, NON_NEOPLASTIC, POLYP_CLASSES
+from ..model import head_scores
 from .data import holds_minority_class
-from .model import head_scores
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .classes import CLASS_NAMES
-from .classifier.fusion import expected_calibration_error, fused_logit, sigmoid
+from ..classes import CLASS_NAMES
+from ..classifier.fusion import expected_calibration_error, fused_logit, sigmoid
+from ..errors import DataError
+from ..inference import Segmenter
+from ..textfiles import read_user_json, read_user_text
 from .data import Sample, find_pairs, load_pair
-from .errors import DataError
-from .inference import Segmenter
 from .metrics import (
     CalibrationAccumulator,
     DiceAccumulator,
@@ -18,7 +19,6 @@ from .metrics import (
     LesionCallAccumulator,
     LesionClassAccumulator,
 )
-from .textfiles import read_user_json, read_user_text
 
 
 def read_ids(path: str | Path) -> list[str]:
