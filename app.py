@@ -29,6 +29,7 @@ from neopolyp_hf import ImageLoadError, ModelSourceError
 from neopolyp_hf.atomic import write_atomic
 from neopolyp_hf.errors import ConfigError, NeoPolypError
 from neopolyp_hf.masks import save_mask_png
+from neopolyp_hf.onnx.loading import load_segmenter
 from neopolyp_hf.preprocessing import DEFAULT_MAX_PIXELS
 from neopolyp_hf.serving.space import (
     LESION_HEADERS,
@@ -40,7 +41,6 @@ from neopolyp_hf.serving.space import (
     legend_html,
     lesion_rows,
     limit_malloc_arenas,
-    load_segmenter,
     parse_size,
     percentages_sentences,
     percentages_summary,

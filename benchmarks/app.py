@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from neopolyp_hf.onnx.loading import load_segmenter
 from neopolyp_hf.serving.loopback import start_app, stop_app
-from neopolyp_hf.serving.space import load_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TEST = ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp" / "test" / "test"

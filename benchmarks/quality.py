@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from neopolyp_hf.atomic import write_text_atomic
-from neopolyp_hf.classifier.fusion import fused_logit, sigmoid
-from neopolyp_hf.serving.space import load_segmenter
+from neopolyp_hf.classifier.fusion import fused_logit
+from neopolyp_hf.logodds import sigmoid
+from neopolyp_hf.onnx.loading import load_segmenter
 from neopolyp_hf.training import recipes
 from neopolyp_hf.training.data import build_cache, find_pairs, stratified_folds
 from neopolyp_hf.training.evaluation import evaluate_model, select_samples

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The Hub id of the dataset these classes come from (BKAI-IGH NeoPolyp), named on model cards.
+DATASET_ID = "bkai-igh-neopolyp"
+
 BACKGROUND = 0
 NEOPLASTIC = 1
 NON_NEOPLASTIC = 2

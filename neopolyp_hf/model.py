@@ -14,13 +14,13 @@ from safetensors.torch import load_model
 from torch import nn
 from torch.nn import functional as F
 
+from .classes import DATASET_ID
 from .classifier.model import LesionClassifier
 from .config import ModelConfig
 from .errors import ConfigError
 from .pretrained import load_lite_imagenet, offline_imagenet
 from .source import resolve_model_source
 from .torch_backend import TorchSegmenter
-from .training.data import DATASET_ID
 
 MODEL_CARD_TEMPLATE = (Path(__file__).with_name("model_card.md")).read_text(encoding="utf-8")
 

@@ -28,7 +28,8 @@ from helpers import (
 )
 from PIL import Image
 
-from neopolyp_hf.serving.space import LESION_HEADERS, load_segmenter, percentages_summary
+from neopolyp_hf.onnx.loading import load_segmenter
+from neopolyp_hf.serving.space import LESION_HEADERS, percentages_summary
 
 CHROMIUM = find_chromium()
 NO_CHROMIUM = f"no Chromium on the PATH ({', '.join(CHROMIUM_NAMES)}): the browser tests skip"

@@ -12,15 +12,11 @@ import torch
 from neopolyp_hf import ConfigError, ModelConfig, NeoPolypUNet
 from neopolyp_hf.classes import NEOPLASTIC, NON_NEOPLASTIC
 from neopolyp_hf.classifier.crops import crop_square, lesion_crops, lesion_square
-from neopolyp_hf.classifier.fusion import (
-    expected_calibration_error,
-    fit_temperature,
-    fused_logit,
-    logit,
-    sigmoid,
-)
+from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.lesions import find_lesions, label_polyps
+from neopolyp_hf.logodds import logit, sigmoid
 from neopolyp_hf.onnx.backend import OnnxSegmenter, classifier_graph_path, export_onnx, quantize_onnx
+from neopolyp_hf.training.calibration import expected_calibration_error, fit_temperature
 from neopolyp_hf.training.data import find_pairs
 from neopolyp_hf.training.lesion_classifier import LesionPatches, extract_lesion_patches, train_lesion_classifier
 

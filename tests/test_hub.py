@@ -130,7 +130,7 @@ def test_push_publishes_weights_config_and_card(pushed, hub):
 def test_int8_serves_from_the_hub_and_a_run_can_be_pushed_again(pushed, hub, hub_env, synthetic_data):
     result = run_python(
         f"""
-        from neopolyp_hf.serving.space import load_segmenter
+        from neopolyp_hf.onnx.loading import load_segmenter
         segmenter, info = load_segmenter({REPO!r}, precision="int8")
         prediction = segmenter.predict({str(sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[0])!r})
         print(info.backend, info.precision, segmenter.precision, prediction.mask.shape)

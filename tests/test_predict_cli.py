@@ -148,7 +148,7 @@ def test_onnx_backend_in_the_cli(trained_model_dir, images_dir, tmp_path):
 
 
 def test_saved_probabilities_round_trip_and_backends_agree(trained_model_dir, images_dir, tmp_path):
-    from neopolyp_hf.serving.space import load_segmenter
+    from neopolyp_hf.onnx.loading import load_segmenter
 
     for backend in ("torch", "onnx"):
         run_predict(

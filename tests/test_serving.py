@@ -12,6 +12,7 @@ import torch
 from neopolyp_hf import ConfigError, ImageLoadError, ModelSourceError, NeoPolypUNet
 from neopolyp_hf.inference import uncertainty_colors
 from neopolyp_hf.onnx.backend import OnnxSegmenter
+from neopolyp_hf.onnx.loading import load_segmenter
 from neopolyp_hf.serving.space import (
     TRACK_TABLE_HEADERS,
     KeptPrediction,
@@ -20,7 +21,6 @@ from neopolyp_hf.serving.space import (
     frame_sentences,
     legend_html,
     limit_malloc_arenas,
-    load_segmenter,
     parse_size,
     percentages_sentences,
     share_text,

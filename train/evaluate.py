@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError
-from neopolyp_hf.serving.space import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 
 

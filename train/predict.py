@@ -23,7 +23,7 @@ from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rl
 from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.masks import save_mask_png
-from neopolyp_hf.serving.space import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.textfiles import read_user_text
 
 

@@ -28,15 +28,17 @@ from tqdm.auto import tqdm
 
 from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
 from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
-from neopolyp_hf.classifier.fusion import expected_calibration_error, fit_temperature, fused_logit, sigmoid
+from neopolyp_hf.classes import DATASET_ID
+from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.errors import EncoderWeightsError
+from neopolyp_hf.logodds import sigmoid
 from neopolyp_hf.model import head_scores
 from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet, weights_provenance
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
 from neopolyp_hf.textfiles import read_user_json
 from neopolyp_hf.training import recipes
+from neopolyp_hf.training.calibration import expected_calibration_error, fit_temperature
 from neopolyp_hf.training.data import (
-    DATASET_ID,
     SegmentationDataset,
     build_cache,
     find_pairs,

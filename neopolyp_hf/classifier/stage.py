@@ -10,8 +10,9 @@ import numpy as np
 
 from ..classes import NEOPLASTIC, NON_NEOPLASTIC
 from ..lesions import Lesion, recolor_lesions
+from ..logodds import sigmoid
 from .crops import lesion_crops, normalize_crops
-from .fusion import fused_logit, sigmoid
+from .fusion import fused_logit
 
 # (N, 3, S, S) float32 normalized crops -> (N,) float32 logits of P(neoplastic | polyp).
 ClassifyFn = Callable[[np.ndarray], np.ndarray]

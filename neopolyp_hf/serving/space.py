@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import hashlib
 import os
 import tempfile
 import threading
@@ -14,120 +13,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from huggingface_hub import ModelCard
 from PIL import Image
 
 from ..classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
-from ..errors import ConfigError, ModelSourceError, NeoPolypError
-from ..inference import Prediction, Segmenter, uncertainty_colors, uncertainty_levels, uncertainty_view
+from ..errors import ConfigError
+from ..inference import Prediction, uncertainty_colors, uncertainty_levels, uncertainty_view
 from ..masks import overlay_mask, polyp_box
-from ..model import NeoPolypUNet
-from ..onnx.backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
-from ..source import fetch_model_file
-from ..synthetic import SYNTHETIC_DATASET
-
-BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("fp32", "bf16", "int8")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Where the served model came from and where and how it runs."""
-
-    source: str
-    revision: str
-    device: str
-    backend: str  # "torch" or "onnx"
-    precision: str
-    datasets: tuple[str, ...]
-
-    @property
-    def synthetic(self) -> bool:
-        """True for a demo model trained on `neopolyp_hf.synthetic` data only."""
-        return SYNTHETIC_DATASET in self.datasets
-
-
-def pick_device() -> torch.device:
-    """CUDA where there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_onnx_cache() -> Path:
-    """Where exported ONNX files are kept: $NEOPOLYP_CACHE, else ~/.cache/neopolyp."""
-    return Path(os.environ.get("NEOPOLYP_CACHE") or Path.home() / ".cache" / "neopolyp") / "onnx"
-
-
-def cached_onnx_export(model: NeoPolypUNet, weights: Path, cache_dir: Path | None = None) -> Path:
-    """The model's fp32 ONNX export, made once per weights file: named by the weights' SHA-256 and
-    written atomically, so a restart (or a second process) reuses it."""
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    path = (cache_dir or default_onnx_cache()) / f"{digest.hexdigest()[:32]}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, path)
-    return path
-
-
-def load_segmenter(
-    source: str,
-    revision: str | None = None,
-    backend: str = "auto",
-    precision: str = "fp32",
-    onnx_cache: Path | None = None,
-) -> tuple[Segmenter, ModelInfo]:
-    """A model folder, Hub repo or .onnx file, ready for inference on the chosen backend.
-
-    `backend` "auto" is ONNX Runtime on a CPU and torch on CUDA. `precision` "bf16" is a torch
-    option, "int8" an ONNX one (the model's `model_int8.onnx`). Errors name the source.
-    """
-    if backend not in BACKENDS:
-        raise ModelSourceError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ModelSourceError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if not source:
-        raise ModelSourceError("no model source given: set NEOPOLYP_MODEL to a model folder or a Hub repo id")
-    try:
-        if str(source).endswith(".onnx"):  # an export: its metadata says the config and precision
-            segmenter = OnnxSegmenter(source)
-            return segmenter, ModelInfo(source, "local file", "cpu", "onnx", segmenter.precision, ())
-        device = pick_device()
-        if backend == "auto":
-            backend = "onnx" if device.type == "cpu" or precision == "int8" else "torch"
-        if (backend, precision) in (("onnx", "bf16"), ("torch", "int8")):
-            raise ModelSourceError(
-                f"precision {precision} needs the {'torch' if precision == 'bf16' else 'onnx'} backend"
-            )
-        model = NeoPolypUNet.from_pretrained(source, revision=revision)
-        files = model.files
-        if backend == "onnx":
-            device = torch.device("cpu")
-            if precision == "int8":
-                try:
-                    int8 = fetch_model_file(files, INT8_FILE)
-                except ModelSourceError as error:  # say how to make it, for a model trained here or pushed without it
-                    raise ModelSourceError(
-                        f"{error}; make it (calibrated on your frames) with: python train/export_onnx.py --model "
-                        f"{files.source} --output {files.source}/{INT8_FILE} --int8 --calibration-dir DATA"
-                    ) from error
-                if model.config.get("lesion_classifier"):  # the second stage's graph, from the same commit
-                    fetch_model_file(files, classifier_graph_path(INT8_FILE).name)
-                segmenter = OnnxSegmenter(int8)
-            else:
-                segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache))
-        else:
-            segmenter = model.to(device).optimize_for_inference(precision)
-    except (NeoPolypError, ValueError, FileNotFoundError) as error:
-        raise ModelSourceError(f"cannot load model '{source}': {error}") from error
-    datasets: tuple[str, ...] = ()
-    if files.card is not None:
-        datasets = tuple(ModelCard.load(files.card).data.to_dict().get("datasets") or ())
-    return segmenter, ModelInfo(source, files.describe_revision(), str(device), backend, precision, datasets)
-
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 

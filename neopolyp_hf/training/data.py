@@ -22,7 +22,6 @@ from ..preprocessing import load_image, normalize, resize_image, resize_mask
 IMAGE_DIR = Path("train") / "train"
 MASK_DIR = Path("train_gt") / "train_gt"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-DATASET_ID = "bkai-igh-neopolyp"
 CACHE_FORMAT = 2  # bumped when what the cache stores changes (2: strata named by class names)
 
 

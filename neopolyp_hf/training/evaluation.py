@@ -7,10 +7,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..classes import CLASS_NAMES
-from ..classifier.fusion import expected_calibration_error, fused_logit, sigmoid
+from ..classifier.fusion import fused_logit
 from ..errors import DataError
 from ..inference import Segmenter
+from ..logodds import sigmoid
 from ..textfiles import read_user_json, read_user_text
+from .calibration import expected_calibration_error
 from .data import Sample, find_pairs, load_pair
 from .metrics import (
     CalibrationAccumulator,

@@ -10,8 +10,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..classes import NEOPLASTIC, NON_NEOPLASTIC
-from ..classifier.fusion import logit, sigmoid
 from ..lesions import Lesion, label_polyps, recolor_lesions
+from ..logodds import logit, sigmoid
 from ..masks import polyp_box
 
 THUMBNAIL = 32  # px: the side of the grey thumbnail that scene cuts are detected on
