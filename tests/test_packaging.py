@@ -4,8 +4,10 @@ Python versions that pyproject.toml and the Space's front matter promise. Nothin
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
+import sys
 import tomllib
 
 from helpers import ROOT
@@ -101,3 +103,58 @@ def test_without_a_chromium_the_browser_tests_skip_and_say_why(monkeypatch, tmp_
     )
     assert result.returncode == 0, result.stderr
     assert "no Chromium found" in result.stdout and "the browser tests will skip" in result.stdout
+
+
+# What each extra brings and the core must do without (tqdm comes with huggingface_hub, a core dependency).
+EXTRAS_ONLY = ("accelerate", "albumentations", "av", "gradio", "matplotlib", "onnx", "onnxruntime", "pandas", "scipy")
+WITHOUT_EXTRAS = """
+import importlib.abc, importlib.machinery, sys
+
+BLOCKED = set(sys.argv[2].split(","))
+
+
+class NotInstalled(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # Found (so that a library that only looks for a package goes on) but never importable.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, NotInstalled())
+import numpy as np
+import neopolyp_hf
+
+model = neopolyp_hf.NeoPolypUNet.from_pretrained(sys.argv[1])
+prediction = model.predict(np.full((120, 160, 3), 90, np.uint8))
+assert prediction.mask.shape == (120, 160), prediction.mask.shape
+print(",".join(sorted({name.split(".")[0] for name in sys.modules} & BLOCKED)) or "none")
+"""
+
+
+def test_the_core_loads_and_predicts_without_any_extra(random_model, tmp_path):
+    """`pip install neopolyp-hf` with no extra: import, from_pretrained and predict() run with every
+    extra's package unimportable, and import none of them."""
+    random_model.save_pretrained(tmp_path / "model")
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, str(tmp_path / "model"), ",".join(EXTRAS_ONLY)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "none"
+
+
+def test_the_app_and_train_extras_hold_what_their_folders_import():
+    """serving/ (app) and training/ (train) import onnx/ and video/, so their extras include those two."""
+    extras = {k: group(v) for k, v in project()["optional-dependencies"].items()}
+    for user in ("app", "train"):
+        for room in ("onnx", "video"):
+            assert extras[room].items() <= extras[user].items(), (user, room)
