@@ -8,7 +8,7 @@
     # the one train/train.py command line that trains the default recipe under the CPU budget
     python benchmarks/quality.py --print-command --data-dir D --output-dir O
 
-A recipe is a name from neopolyp_hf/recipes.py, optionally with overrides for ablations:
+A recipe is a name from neopolyp_hf/training/recipes.py, optionally with overrides for ablations:
 `neopolyp:minority_oversampling=1,class_weighted_ce=false`. Each recipe brings its CPU input
 size and epochs (`cpu_image_size`, `cpu_epochs`). Every fold run resumes where it stopped and
 keeps its scores in OUTPUT_DIR/<recipe>/fold<k>/scores.json; the summary goes to
