@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
 from neopolyp_hf.training.data import find_pairs, load_pair
 from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
@@ -65,7 +66,7 @@ def main() -> None:
             )
             print(json.dumps({k: rows[-1][k] for k in ("method", "agreement", *COLUMNS)}), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1, default=float))
+        write_text_atomic(args.output, json.dumps(rows, indent=1, default=float))
     base = rows[0]
     print(f"\n{len(samples)} held-out images, {len(calibration)} calibration frames from the training side\n")
     print("| precision | calibration | MB | pixels equal to fp32 | " + " | ".join(COLUMNS) + " | Δ neo | Δ non-neo |")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.training import recipes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             f" {row['epochs_in_budget']} | {row['protocol_minutes_slowest']:.1f} |"
         )
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1))
+        write_text_atomic(args.output, json.dumps(rows, indent=1))
     return rows
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
 from neopolyp_hf.lesions import label_polyps
 from neopolyp_hf.onnx.backend import OnnxSegmenter, export_onnx, quantize_onnx
@@ -262,7 +263,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.space:
         figures = space_benchmark(args)
         if args.output:
-            Path(args.output).write_text(json.dumps(figures, indent=1))
+            write_text_atomic(args.output, json.dumps(figures, indent=1))
         return [figures]
     model = NeoPolypUNet.from_pretrained(args.model)
     if args.input_size:
@@ -326,7 +327,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             f"| {r['id_switches_in_scene']} | {r['tracks_per_true_polyp']:.2f} |"
         )
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1))
+        write_text_atomic(args.output, json.dumps(rows, indent=1))
     return rows
 
 
