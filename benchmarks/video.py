@@ -28,6 +28,9 @@ adds to the server's memory (peak RSS during the request, minus RSS before it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import itertools
 import json
 import tempfile
 import time
@@ -65,6 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, default=None, help="run the model at this input size")
     parser.add_argument("--output", default=None, help="also write the figures here as JSON")
     parser.add_argument("--space", action="store_true", help="time the Space's Video tab against the CLI")
+    parser.add_argument(
+        "--choose-tracking",
+        action="store_true",
+        help="choose the tracker's class rule on clips of half the held-out frames, report it on the other half",
+    )
+    parser.add_argument("--clips", type=int, default=3, help="clips per half with --choose-tracking")
     return parser
 
 
@@ -129,9 +138,11 @@ def space_benchmark(args) -> dict:
     return figures
 
 
-def make_clip(args, workdir: Path) -> tuple[Path, list[np.ndarray], list[int]]:
-    """The clip, each frame's truth (class + 3 x instance) and scene, from held-out frames with polyps."""
-    samples = select_samples(args.data_dir, read_ids(args.ids) if args.ids else None)
+def make_clip(args, workdir: Path, samples=None, name: str = "clip.mp4") -> tuple[Path, list[np.ndarray], list[int]]:
+    """The clip, each frame's truth (class + 3 x instance) and scene, from held-out frames with polyps
+    (`samples`, else those of `--ids`)."""
+    if samples is None:
+        samples = select_samples(args.data_dir, read_ids(args.ids) if args.ids else None)
     width, height = (int(v) for v in args.size.split("x"))
     frames, truths, scenes = [], [], []
     chosen = 0
@@ -146,7 +157,7 @@ def make_clip(args, workdir: Path) -> tuple[Path, list[np.ndarray], list[int]]:
             truths.append(truth)
             scenes.append(chosen)
         chosen += 1
-    path = write_clip(workdir / "clip.mp4", frames, fps=args.fps)
+    path = write_clip(workdir / name, frames, fps=args.fps)
     return path, truths, scenes
 
 
@@ -258,8 +269,126 @@ def load_backend(name: str, model: NeoPolypUNet, workdir: Path, calibration: lis
     return OnnxSegmenter(int8)
 
 
+# The class rule's settings screened by --choose-tracking (LesionTracker's arguments; half-life 0: no fading).
+TRACKING_GRID = {
+    "half_life": (5.0, 15.0, 30.0, 0.0),
+    "hysteresis": (0.0, 0.1, 0.25),
+    "settle_frames": (2, 8),
+    "uncertain_shows": ("track", "frame"),
+}
+
+
+def retrack(results: list, class_names: list[str], uncertain_range, settings: dict) -> list:
+    """Frame-by-frame results tracked afresh with `settings`: what segment_video gives with such a
+    tracker, without running the model again."""
+    tracker = LesionTracker(class_names, uncertain_range, **settings)
+    tracked = []
+    for r in results:
+        mask, lesions, cut = tracker.update(r.index, r.frame, r.mask, r.lesions)
+        tracked.append(dataclasses.replace(r, mask=mask, lesions=lesions, scene_cut=cut))
+    return tracked
+
+
+def clip_set_figures(clips: list[tuple[list, list, list]], tracked: bool) -> dict[str, float]:
+    """Pooled Dice per class over several clips' (results, truths, scenes), and their temporal figures
+    averaged over the clips (track ids start afresh in each clip)."""
+    figures = dice([r for results, _, _ in clips for r in results], [t for _, truths, _ in clips for t in truths])
+    figures["flicker_per_100"] = float(np.mean([flicker(results, tracked) for results, _, _ in clips]))
+    figures["flips_per_1000_frames"] = float(np.mean([flips_per_1000(*clip) for clip in clips]))
+    if tracked:
+        figures["tracks_per_true_polyp"] = float(np.nanmean([fragmentation(*clip) for clip in clips]))
+    return figures
+
+
+def choose_tracking(args: argparse.Namespace) -> dict:
+    """Split the held-out frames in two halves (alternate ids); make `--clips` clips from each; run each
+    backend once per clip frame by frame; choose the tracker settings of TRACKING_GRID whose worst change
+    of pooled Dice (over the classes and backends) against frame by frame is best on half A (fewer
+    tracked flickers break ties); report them, and today's defaults, on half B."""
+    model = NeoPolypUNet.from_pretrained(args.model)
+    config = model.config
+    samples = select_samples(args.data_dir, read_ids(args.ids) if args.ids else None)
+    halves = {"A": samples[0::2], "B": samples[1::2]}
+    keys = list(TRACKING_GRID)
+    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*TRACKING_GRID.values())]
+    signature = inspect.signature(LesionTracker)
+    defaults = {key: signature.parameters[key].default for key in keys}
+    frame_by_frame: dict[tuple[str, str], list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for half, members in halves.items():
+            chunk = -(-len(members) // args.clips)
+            parts = [members[i * chunk : (i + 1) * chunk] for i in range(args.clips)]
+            clips = [make_clip(args, workdir, part, f"{half}{i}.mp4") for i, part in enumerate(parts)]
+            frames = sum(len(truths) for _, truths, _ in clips)
+            print(f"half {half}: {len(members)} held-out frames, {args.clips} clips, {frames} frames in all")
+            for name in args.backends:
+                calibration = [f.rgb for f in read_frames(clips[0][0])][::8][:16]
+                backend = load_backend(name, model, workdir, calibration)
+                frame_by_frame[(half, name)] = [
+                    (list(segment_video(backend, path, tracking=False, max_seconds=None)), truths, scenes)
+                    for path, truths, scenes in clips
+                ]
+
+        plain_figures = {key: clip_set_figures(clips, False) for key, clips in frame_by_frame.items()}
+
+        def evaluate(half: str, settings: dict) -> dict:
+            per_backend = {}
+            for name in args.backends:
+                tracked = [
+                    (retrack(results, config["class_names"], config["uncertain_range"], settings), truths, scenes)
+                    for results, truths, scenes in frame_by_frame[(half, name)]
+                ]
+                per_backend[name] = {
+                    "tracked": clip_set_figures(tracked, True),
+                    "frame_by_frame": plain_figures[(half, name)],
+                }
+            worst = min(
+                figures["tracked"][f"dice_{CLASS_NAMES[c]}"] - figures["frame_by_frame"][f"dice_{CLASS_NAMES[c]}"]
+                for figures in per_backend.values()
+                for c in POLYP_CLASSES
+            )
+            flicker_mean = float(np.mean([f["tracked"]["flicker_per_100"] for f in per_backend.values()]))
+            return {"settings": settings, "worst_dice_change": worst, "tracked_flicker": flicker_mean, **per_backend}
+
+        screened = [evaluate("A", settings) for settings in grid]
+        chosen = max(screened, key=lambda row: (round(row["worst_dice_change"], 3), -row["tracked_flicker"]))
+        report = {
+            "chosen_on_A": chosen,
+            "defaults_on_A": evaluate("A", defaults),
+            "chosen_on_B": evaluate("B", chosen["settings"]),
+            "defaults_on_B": evaluate("B", defaults),
+            "screened_on_A": [
+                {k: row[k] for k in ("settings", "worst_dice_change", "tracked_flicker")} for row in screened
+            ],
+        }
+    print(
+        "\n| half | rule | backend | Dice neo tracked / frame | Dice non-neo tracked / frame "
+        "| flicker tracked / frame | flips per 1000 tracked / frame | tracks per true polyp |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label in ("defaults_on_A", "chosen_on_A", "defaults_on_B", "chosen_on_B"):
+        row = report[label]
+        for name in args.backends:
+            t, f = row[name]["tracked"], row[name]["frame_by_frame"]
+            print(
+                f"| {label[-1]} | {label.split('_')[0]} {row['settings']} | {name} "
+                f"| {t['dice_neoplastic']:.3f} / {f['dice_neoplastic']:.3f} "
+                f"| {t['dice_non_neoplastic']:.3f} / {f['dice_non_neoplastic']:.3f} "
+                f"| {t['flicker_per_100']:.2f} / {f['flicker_per_100']:.2f} "
+                f"| {t['flips_per_1000_frames']:.1f} / {f['flips_per_1000_frames']:.1f} "
+                f"| {t['tracks_per_true_polyp']:.2f} |"
+            )
+    return report
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     """Make the clip, then time and score each backend on it (or, with --space, time the Space)."""
+    if args.choose_tracking:
+        report = choose_tracking(args)
+        if args.output:
+            write_text_atomic(args.output, json.dumps(report, indent=1))
+        return [report]
     if args.space:
         figures = space_benchmark(args)
         if args.output:

@@ -270,3 +270,22 @@ def test_write_video_outputs_leaves_nothing_half_written_on_failure(trained_mode
         )
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "t.csv").exists()
     assert not (tmp_path / "m").exists()  # neither masks nor the folder the run made
+
+
+def test_an_uncertain_track_can_leave_each_lesion_its_own_frames_class():
+    frame = np.zeros((120, 160, 3), np.uint8)
+    mask = square_mask(40, 40)
+    # The track's mean log-odds swings around 0: uncertain after each 0.1 frame, sure after each 0.9.
+    evidence = [0.9, 0.1, 0.9, 0.1]
+    shown = {}
+    for rule in ("track", "frame"):
+        tracker = LesionTracker(list(CLASS_NAMES), settle_frames=0, uncertain_shows=rule)
+        shown[rule] = []
+        for i, p in enumerate(evidence):
+            recolored, tracked, _ = tracker.update(i, frame, mask, [lesion(1, 400, p, (40, 40, 20, 20))])
+            assert tracked[0].uncertain == (i % 2 == 1) and tracked[0].track_id == 1
+            shown[rule].append(int(recolored[45, 45]))
+    assert shown["track"] == [NEOPLASTIC] * 4  # the track's class, held by its hysteresis
+    assert shown["frame"] == [NEOPLASTIC, NON_NEOPLASTIC, NEOPLASTIC, NON_NEOPLASTIC]  # each frame's own
+    with pytest.raises(ValueError, match="uncertain_shows must be one of"):
+        LesionTracker(list(CLASS_NAMES), uncertain_shows="nope")

@@ -16,6 +16,7 @@ from ..masks import polyp_box
 
 THUMBNAIL = 32  # px: the side of the grey thumbnail that scene cuts are detected on
 OVERLAP_WIDTH = 160  # px: lesion masks are compared at this width (overlap needs no detail)
+UNCERTAIN_SHOWS = ("track", "frame")  # what an uncertain track's lesions show: its class, or their frame's
 
 
 @dataclass
@@ -80,6 +81,10 @@ class LesionTracker:
       For its first `settle_frames` frames a track's class follows that mean; after them it changes
       only when the mean passes 0.5 by `hysteresis` on the other side, so a track hovering near 0.5
       does not flicker between the colours, and an early wrong call is not locked in.
+    - **An uncertain track** (its P(neoplastic | polyp) inside `uncertain_range`) paints its lesions in
+      its class with `uncertain_shows="track"`; with "frame" each lesion keeps its own frame's class
+      (still flagged uncertain, with the track's id and probability): the track does not claim a class
+      it is unsure of.
     """
 
     def __init__(
@@ -93,7 +98,11 @@ class LesionTracker:
         settle_frames: int = 2,
         join_fraction: float = 0.5,
         join_margin: int = 3,
+        uncertain_shows: str = "track",
     ) -> None:
+        if uncertain_shows not in UNCERTAIN_SHOWS:
+            raise ValueError(f"uncertain_shows must be one of {UNCERTAIN_SHOWS}, got {uncertain_shows!r}")
+        self.uncertain_shows = uncertain_shows
         self.class_names, self.uncertain_range = list(class_names), tuple(uncertain_range)
         self.min_iou, self.max_missed = min_iou, max_missed
         self.hysteresis, self.settle_frames = hysteresis, settle_frames
@@ -202,12 +211,14 @@ class LesionTracker:
     def _tracked_lesion(self, lesion: Lesion, track: Track) -> Lesion:
         probability = track.neoplastic_probability
         low, high = self.uncertain_range
+        uncertain = bool(low <= probability <= high)
+        class_index = lesion.class_index if uncertain and self.uncertain_shows == "frame" else track.class_index
         return replace(
             lesion,
-            class_index=track.class_index,
-            class_name=self.class_names[track.class_index],
+            class_index=class_index,
+            class_name=self.class_names[class_index],
             neoplastic_probability=probability,
-            uncertain=bool(low <= probability <= high),
+            uncertain=uncertain,
             track_id=track.id,
         )
 
