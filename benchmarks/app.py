@@ -5,7 +5,9 @@
 It launches app.py on a free 127.0.0.1 port with the given model (the app's own backend choice),
 then measures:
 - the median sequential /predict latency after warm-up, and predict() in this process on the same
-  image (the app's backend), and their ratio. A request is what the page does: upload the frame,
+  image (the app's backend), and their ratio; beside them, the same request to
+  benchmarks/gradio_floor_app.py (the same wiring, no model: the upload sent back), Gradio's floor,
+  so that the rest is the app's own serving work. A request is what the page does: upload the frame,
   call /predict, read the result stream and fetch the overlay, over kept-alive connections (the
   uncertainty view is rendered only when its tab is opened).
   gradio_client's latency is printed beside it: it opens a new HTTP client (with a new TLS
@@ -114,12 +116,15 @@ def main() -> None:
             "HF_HUB_OFFLINE": "1",
         }
         process, url = start_app(ROOT / "app.py", env, timeout=240)
+        floor_process = None
         try:
-            page = PageClient(url)
+            floor_process, floor_url = start_app(ROOT / "benchmarks" / "gradio_floor_app.py", env, timeout=240)
+            page, floor_page = PageClient(url), PageClient(floor_url)
             client = Client(url, verbose=False)
             payload = handle_file(str(image))
             for _ in range(2):  # warm-up
                 page.predict(image)
+                floor_page.predict(image)
                 client.predict(payload, api_name="/predict")
             segmenter, info = load_segmenter(args.model)
             assert segmenter.predict(image).overlay  # warm-up
@@ -133,11 +138,14 @@ def main() -> None:
 
             # Interleaved, so that both medians see the same machine (a slower or busier moment
             # cannot land on one side of the ratio only).
-            api_times, local_times = [], []
+            api_times, local_times, floor_times = [], [], []
             for _ in range(args.sequential):
                 api_times.append(timed_ms(lambda: page.predict(image)))
                 local_times.append(timed_ms(lambda: segmenter.predict(image).overlay))  # the app renders it too
+                floor_times.append(timed_ms(lambda: floor_page.predict(image)))
             api_ms, local_ms = statistics.median(api_times), statistics.median(local_times)
+            floor_ms = statistics.median(floor_times)
+            stop_app(floor_process)
             gradio_client_ms = statistics.median(
                 [timed_ms(lambda: client.predict(payload, api_name="/predict")) for _ in range(args.sequential)]
             )
@@ -170,6 +178,8 @@ def main() -> None:
             disk_growth = folder_mb(temp) - base_disk
         finally:
             stop_app(process)
+            if floor_process is not None and floor_process.poll() is None:
+                stop_app(floor_process)
 
     print(
         f"\napp.py on 127.0.0.1, backend {info.backend} ({info.precision}), image {image.name}, {os.cpu_count()} CPUs\n"
@@ -180,6 +190,8 @@ def main() -> None:
     print(f"| the same through gradio_client (its own per-transfer overhead included) | {gradio_client_ms:.0f} ms |")
     print(f"| predict() in process, same image and backend, overlay included | {local_ms:.0f} ms |")
     print(f"| /predict ÷ predict() | {api_ms / local_ms:.2f}x |")
+    print(f"| Gradio's floor: the same request to the same wiring without a model | {floor_ms:.0f} ms |")
+    print(f"| the app's own serving work: /predict - predict() - the floor | {api_ms - local_ms - floor_ms:.0f} ms |")
     print(f"| throughput, {args.clients} clients x {args.burst} requests | {throughput:.2f} req/s |")
     print(f"| server RSS at idle (after warm-up) | {idle_rss:.0f} MB |")
     for count, rss in rss_by_hundred:
