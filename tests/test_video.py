@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, load_script
 from PIL import Image
 
 from neopolyp_hf import NeoPolypUNet
@@ -289,3 +289,20 @@ def test_an_uncertain_track_can_leave_each_lesion_its_own_frames_class():
     assert shown["frame"] == [NEOPLASTIC, NON_NEOPLASTIC, NEOPLASTIC, NON_NEOPLASTIC]  # each frame's own
     with pytest.raises(ValueError, match="uncertain_shows must be one of"):
         LesionTracker(list(CLASS_NAMES), uncertain_shows="nope")
+
+
+def test_the_tracking_benchmark_retracks_frame_by_frame_results_as_segment_video_tracks(trained_model_dir, small_clip):
+    video_benchmark = load_script("video", folder="benchmarks")
+    model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
+    config = model.config
+    untracked = list(segment_video(model, small_clip, tracking=False))
+    settings = {"half_life": 5.0, "hysteresis": 0.0, "settle_frames": 8, "uncertain_shows": "frame"}
+    tracker = LesionTracker(config["class_names"], config["uncertain_range"], **settings)
+    tracked = list(segment_video(model, small_clip, tracker=tracker))
+    again = video_benchmark.retrack(untracked, config["class_names"], config["uncertain_range"], settings)
+    assert [r.index for r in again] == list(range(16))
+    for direct, offline in zip(tracked, again, strict=True):
+        assert np.array_equal(direct.mask, offline.mask) and direct.scene_cut == offline.scene_cut
+        assert [(x.track_id, x.class_index) for x in direct.lesions] == [
+            (x.track_id, x.class_index) for x in offline.lesions
+        ]
