@@ -15,7 +15,7 @@ KNOWN_ENCODER_WEIGHTS = (None, "imagenet")
 # of the polyp classes among polyp pixels (as NeoUNet and BlazeNeo), combined into class scores.
 HEADS = ("classes", "polyp_then_class")
 # The second stage (neopolyp_hf.classifier): its architecture, crop geometry, fusion and calibration.
-LESION_CLASSIFIER_ARCHITECTURES = ("resnet10", "resnet18")
+LESION_CLASSIFIER_ARCHITECTURES = ("resnet10", "resnet18", "lite0")  # neopolyp_hf.classifier.model
 LESION_CLASSIFIER_DEFAULTS = {
     "architecture": "resnet10",
     "crop_size": 128,  # px: the crop's side after resizing

