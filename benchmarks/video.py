@@ -9,6 +9,8 @@ breathing light), the true mask warped with it, and a cut between scenes. Per ba
 
 - end-to-end frames/s: decode, model, tracking, overlay and H.264 encode (`write_video_outputs`);
 - model-only frames/s: `predict()` on the same decoded frames, the ceiling, and the ratio of the two;
+- ms a frame by stage, from passes through fewer stages (decode + model, + tracking): where the
+  end-to-end time goes besides the model;
 - pooled Dice per class over all frames, with tracking and frame by frame (`--no-tracking`);
 - flicker: class changes per track per 100 track-frames, with and without tracking;
 - track-id switches inside a scene: a true lesion whose best-overlapping track changes;
@@ -417,13 +419,26 @@ def main(args: argparse.Namespace) -> list[dict]:
             started = time.perf_counter()
             write_video_outputs(backend, clip, output_video=workdir / f"{name}.mp4", max_seconds=None)
             end_to_end_fps = len(decoded) / (time.perf_counter() - started)
-            tracked = list(segment_video(backend, clip, max_seconds=None))
+            # The same clip through fewer stages, for the cost of each: decode + model, then + tracking.
+            started = time.perf_counter()
             untracked = list(segment_video(backend, clip, tracking=False, max_seconds=None))
+            decode_model_s = time.perf_counter() - started
+            started = time.perf_counter()
+            tracked = list(segment_video(backend, clip, max_seconds=None))
+            decode_model_track_s = time.perf_counter() - started
+            ms = 1000 / len(decoded)
+            stages_ms = {
+                "model": ms * len(decoded) / model_fps,
+                "decode": ms * decode_model_s - ms * len(decoded) / model_fps,
+                "tracking": ms * (decode_model_track_s - decode_model_s),
+                "overlay_encode_tables": ms * len(decoded) / end_to_end_fps - ms * decode_model_track_s,
+            }
             row = {
                 "backend": name,
                 "end_to_end_fps": end_to_end_fps,
                 "model_only_fps": model_fps,
                 "ratio": end_to_end_fps / model_fps,
+                "stage_ms_per_frame": stages_ms,
                 "tracked": {
                     **dice(tracked, truths),
                     "flicker_per_100": flicker(tracked, True),
@@ -439,6 +454,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+            print(f"{name}: ms a frame by stage " + ", ".join(f"{k} {v:.1f}" for k, v in stages_ms.items()))
     print(
         "\n| backend | end-to-end fps | model-only fps | ratio | Dice neo tracked / frame "
         "| Dice non-neo tracked / frame | flicker tracked / frame (per 100) "
