@@ -272,11 +272,16 @@ def load_backend(name: str, model: NeoPolypUNet, workdir: Path, calibration: lis
 
 
 # The class rule's settings screened by --choose-tracking (LesionTracker's arguments; half-life 0: no fading).
+# A first grid (half-life 5/15/30/none, hysteresis 0/0.1/0.25, settling 2/8 frames, an uncertain track
+# showing its class or each frame's) lost Dice in every setting, least with 2 settling frames and the
+# track's class (benchmarks/results/video_choose_tracking_grid1.json); this grid keeps those and adds
+# the threshold at which a track is called neoplastic.
 TRACKING_GRID = {
-    "half_life": (5.0, 15.0, 30.0, 0.0),
-    "hysteresis": (0.0, 0.1, 0.25),
-    "settle_frames": (2, 8),
-    "uncertain_shows": ("track", "frame"),
+    "half_life": (15.0, 30.0, 0.0),
+    "hysteresis": (0.1, 0.25, 0.4),
+    "settle_frames": (2,),
+    "uncertain_shows": ("track",),
+    "class_threshold": (0.5, 0.6, 0.7),
 }
 
 

@@ -306,3 +306,18 @@ def test_the_tracking_benchmark_retracks_frame_by_frame_results_as_segment_video
         assert [(x.track_id, x.class_index) for x in direct.lesions] == [
             (x.track_id, x.class_index) for x in offline.lesions
         ]
+
+
+def test_a_higher_class_threshold_calls_a_wavering_track_non_neoplastic():
+    frame = np.zeros((120, 160, 3), np.uint8)
+    mask = square_mask(40, 40)
+    evidence = [0.6, 0.7, 0.55, 0.65, 0.6]  # a track that leans neoplastic, never far
+    called = {}
+    for threshold in (0.5, 0.7):
+        tracker = LesionTracker(list(CLASS_NAMES), class_threshold=threshold)
+        for i, p in enumerate(evidence):
+            _, tracked, _ = tracker.update(i, frame, mask, [lesion(1, 400, p, (40, 40, 20, 20))])
+        called[threshold] = tracked[0].class_index
+    assert called == {0.5: NEOPLASTIC, 0.7: NON_NEOPLASTIC}
+    with pytest.raises(ValueError, match="class_threshold must be inside"):
+        LesionTracker(list(CLASS_NAMES), class_threshold=1.0)

@@ -78,9 +78,10 @@ class LesionTracker:
       One frame of weight w moves the mean by w / (W + w) of its difference, where W is the track's
       weight so far: a single odd frame in a long track barely moves it, while a track that keeps
       saying the other thing turns within about a half-life.
-      For its first `settle_frames` frames a track's class follows that mean; after them it changes
-      only when the mean passes 0.5 by `hysteresis` on the other side, so a track hovering near 0.5
-      does not flicker between the colours, and an early wrong call is not locked in.
+      A track is called neoplastic where that mean reaches `class_threshold` (0.5: the frames' own
+      rule). For its first `settle_frames` frames its class follows the mean; after them it changes
+      only when the mean passes the threshold by `hysteresis` on the other side, so a track hovering
+      near it does not flicker between the colours, and an early wrong call is not locked in.
     - **An uncertain track** (its P(neoplastic | polyp) inside `uncertain_range`) paints its lesions in
       its class with `uncertain_shows="track"`; with "frame" each lesion keeps its own frame's class
       (still flagged uncertain, with the track's id and probability): the track does not claim a class
@@ -99,7 +100,11 @@ class LesionTracker:
         join_fraction: float = 0.5,
         join_margin: int = 3,
         uncertain_shows: str = "track",
+        class_threshold: float = 0.5,
     ) -> None:
+        if not 0.0 < class_threshold < 1.0:
+            raise ValueError(f"class_threshold must be inside (0, 1), got {class_threshold}")
+        self.class_threshold = class_threshold
         if uncertain_shows not in UNCERTAIN_SHOWS:
             raise ValueError(f"uncertain_shows must be one of {UNCERTAIN_SHOWS}, got {uncertain_shows!r}")
         self.uncertain_shows = uncertain_shows
@@ -201,11 +206,12 @@ class LesionTracker:
         track.frames_seen += 1
         track.largest_area = max(track.largest_area, sum(lesion.area_px for lesion in lesions))
         probability = track.neoplastic_probability
+        threshold = self.class_threshold
         if track.frames_seen <= self.settle_frames:
-            track.class_index = NEOPLASTIC if probability >= 0.5 else NON_NEOPLASTIC
-        elif track.class_index == NEOPLASTIC and probability < 0.5 - self.hysteresis:
+            track.class_index = NEOPLASTIC if probability >= threshold else NON_NEOPLASTIC
+        elif track.class_index == NEOPLASTIC and probability < threshold - self.hysteresis:
             track.class_index = NON_NEOPLASTIC
-        elif track.class_index == NON_NEOPLASTIC and probability > 0.5 + self.hysteresis:
+        elif track.class_index == NON_NEOPLASTIC and probability > threshold + self.hysteresis:
             track.class_index = NEOPLASTIC
 
     def _tracked_lesion(self, lesion: Lesion, track: Track) -> Lesion:
