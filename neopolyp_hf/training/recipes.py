@@ -55,7 +55,7 @@ class Recipe:
     cpu_epochs: int = 30
     # The second stage (neopolyp_hf.classifier), trained after the segmenter in the same run; 0 epochs: none.
     classifier_epochs: int = 0
-    classifier_architecture: str = "resnet10"
+    classifier_architecture: str = "resnet10"  # or "resnet18", "lite0" (from ImageNet; neopolyp_hf.classifier.model)
     classifier_crop_size: int = 128
     classifier_margin: float = 0.25
     classifier_batch_size: int = 32
