@@ -1,8 +1,8 @@
 #!/bin/bash
-# The steps of a GPU fold run on a lent H200 (one `device` call): 3-fold quality, all fold runs at once
+# The steps of a GPU fold run on an H200 machine (one command there): 3-fold quality, all fold runs at once
 # on the one GPU, at each input size of SIZES, then the CUDA inference timings of the first run's fold-0
 # model. Results come back as $OUT/gpu_folds.json (every fold's scores) and $OUT/logs.tar.gz.
-#   DATA: a downsized copy (benchmarks/downsize_data.py: the call carries 64 MiB at most)
+#   DATA: a downsized copy (benchmarks/downsize_data.py: the machine takes 64 MiB of files at most)
 #   WHEELS: the packages the GPU image lacks, as cp312 wheels (smp, albumentations, the Lite wheels, ...)
 #   SIZES (optional): input sizes, default 256; QUALITY_ARGS (optional): more quality.py flags (--no-tta)
 #   FRAME (optional): a full-size frame to time; without it gpu_inference.py makes a synthetic one
