@@ -43,7 +43,7 @@ import numpy as np
 from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
-from neopolyp_hf.lesions import label_polyps
+from neopolyp_hf.lesions import label_lesions
 from neopolyp_hf.onnx.backend import OnnxSegmenter, export_onnx, quantize_onnx
 from neopolyp_hf.training.clips import scene_frames, write_clip
 from neopolyp_hf.training.data import load_pair
@@ -152,7 +152,7 @@ def make_clip(args, workdir: Path, samples=None, name: str = "clip.mp4") -> tupl
         image, mask = load_pair(sample)
         if not (mask > 0).any() or chosen == args.scenes:
             continue
-        _, labels, _ = label_polyps(mask)
+        _, labels, _ = label_lesions(mask)
         instanced = (mask + INSTANCES * np.minimum(labels, 80)).astype(np.uint8)
         for frame, truth in scene_frames(image, instanced, args.frames_per_scene, (width, height)):
             frames.append(frame)
@@ -191,7 +191,7 @@ def id_switches(results, truths: list[np.ndarray], scenes: list[int]) -> int:
     previous: dict[tuple[int, int], int] = {}
     switches = 0
     for result, truth, scene in zip(results, truths, scenes, strict=True):
-        count, labels, _ = label_polyps(result.mask)
+        count, labels, _ = label_lesions(result.mask)
         by_label = {lesion.label: lesion.track_id for lesion in result.lesions}
         for instance in np.unique(truth // INSTANCES):
             if instance == 0:
@@ -211,7 +211,7 @@ def id_switches(results, truths: list[np.ndarray], scenes: list[int]) -> int:
 
 def true_polyps(result, truth: np.ndarray):
     """(instance, predicted polyp class under it or None, track ids of the lesions over it) per true polyp."""
-    _, labels, _ = label_polyps(result.mask)
+    _, labels, _ = label_lesions(result.mask)
     by_label = {lesion.label: lesion.track_id for lesion in result.lesions}
     instances = truth // INSTANCES
     for instance in np.unique(instances):

@@ -15,7 +15,7 @@ from .masks import polyp_box
 class Lesion:
     """One connected polyp region of a predicted mask."""
 
-    label: int
+    label: int  # its number in `label_lesions(mask)` of the mask it came from
     area_px: int
     area_percent: float
     class_index: int
@@ -31,9 +31,38 @@ class Lesion:
     track_id: int | None = None
 
 
-def label_polyps(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Label the 8-connected non-background regions: (count incl. background, labels, stats)."""
+def _label_regions(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """OpenCV's 8-connected labelling of the non-background pixels: (count incl. background, labels, stats).
+
+    Its numbering depends on where the array starts (it visits 2 x 2 blocks), so a box and the whole
+    frame can number the same regions differently: only `label_lesions` may hand labels out.
+    """
     count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    return count, labels, stats
+
+
+def label_lesions(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """The one lesion numbering: label k of the result is the lesion whose `Lesion.label` is k.
+
+    Args:
+        mask: H x W class indices (any integer type; 0 is background).
+
+    Returns:
+        (count, labels, stats): the number of labels including background (0); an H x W int32 image of
+        labels; and a (count, 5) int32 table of x, y, width, height, area in frame pixels for each label
+        (row 0, the background, is not meaningful). Regions are 8-connected polyp pixels of any class.
+    """
+    labels = np.zeros(mask.shape, np.int32)
+    box = polyp_box(mask)
+    if box is None:
+        return 1, labels, np.zeros((1, 5), np.int32)
+    # Labelling touches only the box around the polyps, often a small part of the frame; the numbering is
+    # the box's, and every caller gets it from here.
+    count, inside, stats = _label_regions(mask[box])
+    labels[box] = inside
+    stats = stats.astype(np.int32)
+    stats[:, 0] += box[1].start
+    stats[:, 1] += box[0].start
     return count, labels, stats
 
 
@@ -54,7 +83,7 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
         return mask  # no polyp, or a single polyp class: nothing to harmonize
     # Labelling and voting touch only the box around the polyps, often a small part of the frame.
     inside = mask[box]
-    count, labels, _ = label_polyps(inside)
+    count, labels, _ = _label_regions(inside)  # used only here, so any numbering will do
     votes = region_votes(labels, inside, count, int(inside.max()) + 1)
     votes[:, 0] = -1  # regions are polyp pixels only
     region_class = votes.argmax(axis=1).astype(mask.dtype)
@@ -65,19 +94,15 @@ def harmonize_lesions(mask: np.ndarray) -> np.ndarray:
 
 
 def recolor_lesions(mask: np.ndarray, classes: dict[int, int]) -> np.ndarray:
-    """The mask with every pixel of lesion `label` (as `find_lesions` numbers them) in class `classes[label]`."""
-    box = polyp_box(mask)
-    if box is None or not classes:
+    """The mask with every pixel of lesion `label` (numbered by `label_lesions`) in class `classes[label]`."""
+    if not classes:
         return mask
-    inside = mask[box]
-    count, labels, _ = label_polyps(inside)  # the same box and labelling as find_lesions
+    count, labels, _ = label_lesions(mask)
     region_class = np.zeros(count, mask.dtype)
     for label in range(1, count):
         region_class[label] = classes.get(label, 0)
-    keep = region_class[labels] == 0  # regions without a new class keep their pixels
-    recolored = mask.copy()
-    recolored[box] = np.where(keep, inside, region_class[labels])
-    return recolored
+    new_class = region_class[labels]
+    return np.where(new_class == 0, mask, new_class)  # regions without a new class keep their pixels
 
 
 def upsampled_box(maps: np.ndarray, height: int, width: int, box: tuple[slice, slice]) -> np.ndarray:
@@ -115,13 +140,7 @@ def find_lesions(
     `probabilities` is C x H x W at the mask's size, or at the model's size: then each lesion's
     box alone is upsampled (bilinearly), which is far cheaper than upsampling the whole frame.
     """
-    polyps = polyp_box(mask)
-    if polyps is None:
-        return []
-    # Labelling touches only the box around the polyps, often a small part of the frame.
-    top, left = polyps[0].start, polyps[1].start
-    inside = mask[polyps]
-    count, labels, stats = label_polyps(inside)
+    count, labels, stats = label_lesions(mask)
     total = float(mask.size)
     low, high = uncertain_range
     lesions = []
@@ -129,13 +148,12 @@ def find_lesions(
         x, y, w, h, area = (int(v) for v in stats[label])
         if area < min_area:
             continue
-        region = labels[y : y + h, x : x + w] == label  # each region is read inside its own box only
-        classes_in_region = inside[y : y + h, x : x + w][region]
+        box = (slice(y, y + h), slice(x, x + w))
+        region = labels[box] == label  # each region is read inside its own box only
+        classes_in_region = mask[box][region]
         classes = np.bincount(classes_in_region, minlength=len(class_names))
         classes[0] = 0
         majority = int(classes.argmax())
-        x, y = x + left, y + top  # frame coordinates from here on
-        box = (slice(y, y + h), slice(x, x + w))
         in_box = (
             probabilities[:, box[0], box[1]]
             if probabilities.shape[1:] == mask.shape

@@ -13,7 +13,7 @@ from neopolyp_hf import ConfigError, ModelConfig, NeoPolypUNet
 from neopolyp_hf.classes import NEOPLASTIC, NON_NEOPLASTIC
 from neopolyp_hf.classifier.crops import crop_square, lesion_crops, lesion_square
 from neopolyp_hf.classifier.fusion import fused_logit
-from neopolyp_hf.lesions import find_lesions, label_polyps
+from neopolyp_hf.lesions import find_lesions, label_lesions
 from neopolyp_hf.logodds import logit, sigmoid
 from neopolyp_hf.onnx.backend import OnnxSegmenter, classifier_graph_path, export_onnx, quantize_onnx
 from neopolyp_hf.training.calibration import expected_calibration_error, fit_temperature
@@ -194,7 +194,7 @@ def test_recolored_lesions_keep_their_regions():
     by_area = {lesion.area_px: lesion.label for lesion in lesions}
     recolored = recolor_lesions(mask, {by_area[100]: NEOPLASTIC})  # the larger one only
     assert (recolored[20:30, 20:30] == NEOPLASTIC).all() and (recolored[2:10, 2:10] == NEOPLASTIC).all()
-    assert label_polyps(recolored)[0] == label_polyps(mask)[0]
+    assert label_lesions(recolored)[0] == label_lesions(mask)[0]
     assert logit(0.5) == 0.0
 
 

@@ -136,3 +136,81 @@ def test_the_default_minimum_lesion_area_is_in_the_config_and_in_predictions(ran
     prediction = random_model.predict(image)
     assert prediction.min_lesion_area == random_model.config["min_lesion_area"]
     assert all(lesion.area_px >= prediction.min_lesion_area for lesion in prediction.lesions)
+
+
+# One lesion numbering: every consumer of `Lesion.label` must find the lesion's own pixels, wherever it sits.
+NAMES = ["background", "neoplastic", "non_neoplastic"]
+
+
+def _reference_regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The slow reference: each 8-connected polyp region as a boolean mask (scipy, no OpenCV numbering)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+    return [labels == k for k in range(1, count + 1)]
+
+
+def _region_of(lesion, regions: list[np.ndarray]) -> np.ndarray:
+    """The reference region with the lesion's box and area (the tests give every region its own area)."""
+    x, y, w, h = lesion.bbox
+    for region in regions:
+        rows, cols = np.nonzero(region)
+        if (cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1, region.sum()) == (x, y, w, h, lesion.area_px):
+            return region
+    raise AssertionError(f"no reference region for {lesion}")
+
+
+def _odd_offset_masks():
+    """The 4 x 4 case of two one-pixel lesions, then small frames of scattered pixels: many lesions touching
+    diagonally across 2 x 2 blocks, at odd offsets and on the frame's edges (where a box's numbering and the
+    whole frame's differ). Each lesion takes one random class; the truth swaps some lesions' classes."""
+    small = np.zeros((4, 4), np.uint8)
+    small[1, 3], small[3, 1] = 1, 2
+    yield small, small.copy()
+    rng = np.random.default_rng(7)
+    while True:
+        height, width = (int(v) for v in rng.integers(4, 14, size=2))
+        scattered = rng.random((height, width)) < 0.15
+        regions = _reference_regions(scattered.astype(np.uint8))
+        keys = [(tuple(np.argwhere(r).min(axis=0)), tuple(np.argwhere(r).max(axis=0)), r.sum()) for r in regions]
+        if len(regions) < 2 or len(set(keys)) < len(keys):  # every lesion told apart by its box and area
+            continue
+        mask, truth = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+        for region in regions:
+            mask[region] = rng.integers(1, 3)
+            truth[region] = mask[region][0] if rng.random() < 0.5 else 3 - mask[region][0]
+        yield mask, truth
+
+
+CASES = [case for case, _ in zip(_odd_offset_masks(), range(60), strict=False)]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_every_lesion_level_consumer_finds_each_lesions_own_pixels(case):
+    from neopolyp_hf.lesions import label_lesions, recolor_lesions
+    from neopolyp_hf.training.metrics import LesionCallAccumulator, LesionClassAccumulator
+    from neopolyp_hf.video.tracking import lesion_footprints
+
+    mask, truth = CASES[case]
+    probabilities = np.stack([(mask == c).astype(np.float32) for c in range(3)])
+    lesions = find_lesions(mask, probabilities, NAMES)
+    regions = _reference_regions(mask)
+    assert len(lesions) == len(regions)
+    _, labels, _ = label_lesions(mask)
+    calls, classes = LesionCallAccumulator(), LesionClassAccumulator()
+    calls.update(lesions, mask, truth)
+    classes.update(lesions, mask, truth)
+    true_classes = []
+    for lesion, record in zip(lesions, classes.records, strict=True):
+        region = _region_of(lesion, regions)
+        np.testing.assert_array_equal(labels == lesion.label, region)
+        np.testing.assert_array_equal(
+            lesion_footprints(mask, [lesion])[0], region
+        )  # frames under OVERLAP_WIDTH: full size
+        true_class = int(np.bincount(truth[region], minlength=3)[1:].argmax()) + 1
+        true_classes.append(true_class)
+        assert record["neoplastic"] == float(true_class == 1)
+        recolored = recolor_lesions(mask, {lesion.label: 3 - lesion.class_index})
+        np.testing.assert_array_equal(recolored != mask, region)
+    right = sum(lesion.class_index == t for lesion, t in zip(lesions, true_classes, strict=True))
+    assert calls.compute()["lesion_call_accuracy"] == right / len(lesions)

@@ -17,7 +17,7 @@ from ..atomic import write_atomic
 from ..classes import NEOPLASTIC, POLYP_CLASSES
 from ..classifier.crops import crop_square, lesion_square, normalize_crops
 from ..classifier.model import LesionClassifier
-from ..lesions import label_polyps, region_votes
+from ..lesions import label_lesions, region_votes
 from .data import Sample, load_pair
 
 CONTEXT = 2.0  # a stored patch spans this many crop sides, so that jitter and rotation stay inside it
@@ -36,7 +36,7 @@ class LesionPatches:
 
 def true_lesions(mask: np.ndarray, min_area: int = MIN_AREA) -> list[tuple[tuple[int, int, int, int], int]]:
     """(box, majority polyp class) of each 8-connected true polyp region of at least `min_area` px."""
-    count, labels, stats = label_polyps(mask)
+    count, labels, stats = label_lesions(mask)
     votes = region_votes(labels, mask, count, max(POLYP_CLASSES) + 1)
     found = []
     for label in range(1, count):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lesions import label_polyps, region_votes
+from ..lesions import label_lesions, region_votes
 
 
 class DiceAccumulator:
@@ -69,7 +69,7 @@ class LesionAccumulator:
         if prediction.shape != truth.shape:
             raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
         classes = len(self.class_names)
-        count, labels, _ = label_polyps(truth)
+        count, labels, _ = label_lesions(truth)
         if count > 1:
             true_votes = region_votes(labels, truth, count, classes)
             pred_votes = region_votes(labels, prediction, count, classes)
@@ -107,7 +107,7 @@ class LesionAccumulator:
 
 def _relabel_with_truth(prediction: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:
     """Each predicted lesion takes the majority true polyp class it overlaps (its own where none)."""
-    count, labels, _ = label_polyps(prediction)
+    count, labels, _ = label_lesions(prediction)
     if count <= 1:
         return prediction
     true_votes = region_votes(labels, truth, count, classes)[:, 1:]
@@ -179,7 +179,7 @@ class LesionCallAccumulator:
 
     def update(self, lesions: list, mask: np.ndarray, truth: np.ndarray) -> None:
         """Add one image: its `Prediction.lesions`, the predicted mask they came from, and the truth."""
-        count, labels, _ = label_polyps(mask)
+        count, labels, _ = label_lesions(mask)
         votes = region_votes(labels, truth, count, int(max(mask.max(), truth.max())) + 1)[:, 1:]
         for lesion in lesions:
             if votes[lesion.label].sum() == 0:
@@ -217,7 +217,7 @@ class LesionClassAccumulator:
 
     def update(self, lesions: list, mask: np.ndarray, truth: np.ndarray) -> None:
         """Add one image: its `Prediction.lesions`, the predicted mask they came from, and the truth."""
-        count, labels, _ = label_polyps(mask)
+        count, labels, _ = label_lesions(mask)
         votes = region_votes(labels, truth, count, int(max(mask.max(), truth.max(), 2)) + 1)[:, 1:3]
         for lesion in lesions:
             if votes[lesion.label].sum() == 0:

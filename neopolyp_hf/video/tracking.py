@@ -10,9 +10,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..classes import NEOPLASTIC, NON_NEOPLASTIC
-from ..lesions import Lesion, label_polyps, recolor_lesions
+from ..lesions import Lesion, label_lesions, recolor_lesions
 from ..logodds import logit, sigmoid
-from ..masks import polyp_box
 
 THUMBNAIL = 32  # px: the side of the grey thumbnail that scene cuts are detected on
 OVERLAP_WIDTH = 160  # px: lesion masks are compared at this width (overlap needs no detail)
@@ -236,9 +235,7 @@ def lesion_footprints(mask: np.ndarray, lesions: list[Lesion]) -> list[np.ndarra
     small = (max(1, round(height * scale)), max(1, round(width * scale)))
     if not lesions:
         return []
-    labels = np.zeros(mask.shape, np.int32)
-    box = polyp_box(mask)
-    labels[box] = label_polyps(mask[box])[1]  # the labelling find_lesions numbers lesions by
+    labels = label_lesions(mask)[1]
     reduced = cv2.resize(labels, (small[1], small[0]), interpolation=cv2.INTER_NEAREST)
     footprints = []
     for lesion in lesions:
