@@ -43,7 +43,7 @@ format: $(VENV)/.installed-test
 	$(PY) -m ruff check --fix .
 
 test: $(VENV)/.installed-test chromium lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q
 
 # A small model trained on synthetic data, used only where NEOPOLYP_MODEL is unset.
 $(DEMO_MODEL)/config.json: | $(VENV)/.installed-demo

@@ -53,7 +53,8 @@ def test_extras_match_the_pinned_requirement_files():
     assert {**core, **extras["app"], **extras["video"]} == space  # the Space installs core + app + video
     assert {**space, **extras["train"]}.items() <= training.items()  # train/ needs what the file pins
     assert set(training) - set(space) <= set(extras["train"])  # and nothing the file adds is missing
-    for name, version in {**core, **extras["app"], **extras["video"], **extras["train"]}.items():
+    assert extras["batch"].items() <= {**training, **pins("requirements-test.txt")}.items()  # make test installs it
+    for name, version in {**core, **extras["app"], **extras["video"], **extras["train"], **extras["batch"]}.items():
         assert version and not version.startswith(("<", ">", "~", "!")), f"{name} is not pinned"
 
 
@@ -106,7 +107,19 @@ def test_without_a_chromium_the_browser_tests_skip_and_say_why(monkeypatch, tmp_
 
 
 # What each extra brings and the core must do without (tqdm comes with huggingface_hub, a core dependency).
-EXTRAS_ONLY = ("accelerate", "albumentations", "av", "gradio", "matplotlib", "onnx", "onnxruntime", "pandas", "scipy")
+EXTRAS_ONLY = (
+    "accelerate",
+    "albumentations",
+    "av",
+    "gradio",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "pandas",
+    "pyarrow",
+    "ray",
+    "scipy",
+)
 WITHOUT_EXTRAS = """
 import importlib.abc, importlib.machinery, sys
 

@@ -69,11 +69,13 @@ def load_segmenter(
     backend: str = "auto",
     precision: str = "fp32",
     onnx_cache: Path | None = None,
+    threads: int | None = None,
 ) -> tuple[Segmenter, ModelInfo]:
     """A model folder, Hub repo or .onnx file, ready for inference on the chosen backend.
 
     `backend` "auto" is ONNX Runtime on a CPU and torch on CUDA. `precision` "bf16" is a torch
-    option, "int8" an ONNX one (the model's `model_int8.onnx`). Errors name the source.
+    option, "int8" an ONNX one (the model's `model_int8.onnx`). `threads` caps ONNX Runtime's
+    intra-op threads (None: one per core). Errors name the source.
     """
     if backend not in BACKENDS:
         raise ModelSourceError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -83,7 +85,7 @@ def load_segmenter(
         raise ModelSourceError("no model source given: set NEOPOLYP_MODEL to a model folder or a Hub repo id")
     try:
         if str(source).endswith(".onnx"):  # an export: its metadata says the config and precision
-            segmenter = OnnxSegmenter(source)
+            segmenter = OnnxSegmenter(source, threads)
             return segmenter, ModelInfo(source, "local file", "cpu", "onnx", segmenter.precision, ())
         device = pick_device()
         if backend == "auto":
@@ -106,9 +108,9 @@ def load_segmenter(
                     ) from error
                 if model.config.get("lesion_classifier"):  # the second stage's graph, from the same commit
                     fetch_model_file(files, classifier_graph_path(INT8_FILE).name)
-                segmenter = OnnxSegmenter(int8)
+                segmenter = OnnxSegmenter(int8, threads)
             else:
-                segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache))
+                segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache), threads)
         else:
             segmenter = model.to(device).optimize_for_inference(precision)
     except (NeoPolypError, ValueError, FileNotFoundError) as error:

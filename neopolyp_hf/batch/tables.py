@@ -1,0 +1,129 @@
+"""The four output tables, one Parquet dataset each under the output folder, and the per-procedure commit
+that makes a killed run resumable.
+
+Each procedure writes one file per table, named by its key (`procedure_key`): `frames/KEY.parquet`,
+`tracks/KEY.parquet`, `errors/KEY.parquet`, then `procedures/KEY.parquet` last. Each file is written to a
+hidden temporary name and renamed (`write_atomic`), and the `procedures` file is the commit: a procedure
+without one is redone from the start, its files replaced under the same names, so no row is ever
+doubled. `pyarrow.dataset.dataset(folder)` skips the hidden temporary files of a killed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import write_atomic
+
+TABLES = ("frames", "tracks", "errors", "procedures")
+COMMIT_TABLE = "procedures"
+
+# The fixed columns of each table (the manifest's extra columns follow them, as text).
+FRAMES_SCHEMA = pa.schema(
+    [
+        ("procedure_id", pa.string()),
+        ("path", pa.string()),  # the video, or the still this frame is
+        ("frame_index", pa.int64()),
+        ("time_s", pa.float64()),  # from the procedure's first frame
+        ("neoplastic_percent", pa.float64()),  # of all the frame's pixels
+        ("non_neoplastic_percent", pa.float64()),
+        ("lesions", pa.int32()),  # lesions of at least the model's min_lesion_area
+        ("track_ids", pa.list_(pa.int32())),
+    ]
+)
+RLE_COLUMNS = [("rle_neoplastic", pa.string()), ("rle_non_neoplastic", pa.string())]  # with --rle
+TRACKS_SCHEMA = pa.schema(
+    [
+        ("procedure_id", pa.string()),
+        ("track_id", pa.int32()),
+        ("class", pa.string()),  # the class the track is called: neoplastic or non_neoplastic
+        ("p_neoplastic_given_polyp", pa.float64()),
+        ("uncertain", pa.bool_()),
+        ("first_frame", pa.int64()),
+        ("last_frame", pa.int64()),
+        ("first_time_s", pa.float64()),
+        ("last_time_s", pa.float64()),
+        ("frames_seen", pa.int64()),
+        ("largest_area_px", pa.int64()),
+    ]
+)
+ERRORS_SCHEMA = pa.schema(
+    [("procedure_id", pa.string()), ("path", pa.string()), ("reason", pa.string())]  # reason: the CLI's text
+)
+PROCEDURES_SCHEMA = pa.schema(
+    [
+        ("procedure_id", pa.string()),
+        ("path", pa.string()),
+        ("kind", pa.string()),  # video or stills ("" where it could not be read)
+        ("status", pa.string()),  # ok, or error (its reason in `errors`)
+        ("duration_s", pa.float64()),  # first to last frame, plus one frame's time
+        ("frames", pa.int64()),
+        ("polyps_neoplastic", pa.int64()),  # tracks seen in at least --min-polyp-frames frames, by class called
+        ("polyps_non_neoplastic", pa.int64()),
+        ("polyps_uncertain", pa.int64()),  # of those, how many are flagged uncertain
+        ("polyp_time_s", pa.float64()),  # time with a polyp in view
+        ("overlay", pa.string()),  # the overlaid clip's file name under --overlays, or ""
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("backend", pa.string()),
+        ("precision", pa.string()),
+        ("software_version", pa.string()),
+    ]
+)
+SCHEMAS = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "procedures": PROCEDURES_SCHEMA}
+
+
+def procedure_key(procedure_id: str) -> str:
+    """The file name stem of a procedure's rows: a digest of its id (ids hold slashes and any character)."""
+    return hashlib.sha256(procedure_id.encode("utf-8")).hexdigest()[:24]
+
+
+def schema(table: str, extras: list[str], rle: bool = False) -> pa.Schema:
+    """A table's schema: its fixed columns, the RLE columns of `frames` with `rle`, then the extras as text."""
+    fields = list(SCHEMAS[table])
+    if table == "frames" and rle:
+        fields += [pa.field(name, kind) for name, kind in RLE_COLUMNS]
+    return pa.schema(fields + [pa.field(name, pa.string()) for name in extras])
+
+
+def table_path(output: Path, table: str, key: str) -> Path:
+    """Where a procedure's rows of one table go."""
+    return output / table / f"{key}.parquet"
+
+
+def write_rows(output: Path, table: str, key: str, rows: list[dict], table_schema: pa.Schema) -> Path:
+    """One procedure's rows of one table as one Parquet file, written atomically (a temporary file, renamed)."""
+    data = pa.Table.from_pylist(rows, schema=table_schema)
+    return write_atomic(table_path(output, table, key), lambda tmp: pq.write_table(data, tmp))
+
+
+def committed(output: Path) -> dict[str, str]:
+    """The committed procedures of an output folder: key -> status ("ok" or "error")."""
+    folder = output / COMMIT_TABLE
+    if not folder.is_dir():
+        return {}
+    done = {}
+    for path in folder.glob("*.parquet"):
+        if path.name.startswith("."):
+            continue
+        status = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+        done[path.stem] = status[0] if status else "error"
+    return done
+
+
+def remove_uncommitted(output: Path) -> list[Path]:
+    """Delete what a killed run left: temporary files, and rows of procedures that never committed."""
+    done = set(committed(output))
+    removed = []
+    for table in TABLES:
+        folder = output / table
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(".") or (path.suffix == ".parquet" and path.stem not in done):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

@@ -1,0 +1,273 @@
+"""One procedure through the model, in order, in one process: the Ray Data actor's work.
+
+`ProcedureWorker` holds the loaded model (loaded once per actor) and turns each work item into its
+rows of the four tables, committed per procedure (`tables.py`). It imports no Ray: Ray Data runs it as
+the callable class of `map_batches`, and the tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import POLYP_CLASSES
+from ..errors import NeoPolypError
+from ..masks import overlay_mask
+from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
+from ..rle import rle_encode
+from ..video.io import DEFAULT_PRESET, VideoWriter, probe_video
+from ..video.pipeline import segment_video
+from ..video.tracking import LesionTracker
+from . import tables
+from .inputs import Procedure, expand, resolve
+
+# A track seen in fewer frames is a fragment (a reflection, a piece of a split polyp), not counted as a polyp.
+DEFAULT_MIN_POLYP_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything a worker needs, the same for every procedure of a run."""
+
+    output: str  # the output folder (local, or a mounted shared filesystem on a cluster)
+    model: str  # model folder, Hub repo id or .onnx file
+    revision: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    threads: int | None = None  # per worker: ONNX Runtime, torch and OpenCV threads
+    rle: bool = False
+    overlays: str | None = None  # folder for the overlaid clips
+    every: int = 1
+    stills_fps: float = 1.0  # a folder of stills is timed at this rate, in name order
+    max_seconds: float | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_polyp_frames: int = DEFAULT_MIN_POLYP_FRAMES
+    extras: tuple[str, ...] = field(default_factory=tuple)  # the manifest's extra column names
+
+
+def software_version() -> str:
+    """The installed package's version ("unknown" from a bare source tree)."""
+    try:
+        return metadata.version("neopolyp-hf")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def local_file(uri: str) -> Iterator[str]:
+    """A local path for a file on any `pyarrow.fs` filesystem: the path itself, or a temporary copy."""
+    filesystem, path = resolve(uri)
+    if filesystem.type_name == "local":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="neopolyp-batch-") as folder:
+        local = os.path.join(folder, os.path.basename(path) or "input")
+        with filesystem.open_input_stream(path) as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        yield local
+
+
+class ProcedureWorker:
+    """The model, loaded once, and the work on one procedure (`process`); called by Ray Data with batches
+    of work items (`Procedure.to_item` rows), it returns one summary row per procedure."""
+
+    def __init__(self, settings: BatchSettings) -> None:
+        from ..onnx.loading import load_segmenter
+
+        self.settings = settings
+        if settings.threads:
+            import cv2
+            import torch
+
+            torch.set_num_threads(settings.threads)
+            cv2.setNumThreads(settings.threads)
+        self.model, self.info = load_segmenter(
+            settings.model, settings.revision, settings.backend, settings.precision, threads=settings.threads
+        )
+        self.config = self.model._inference_config
+        self.version = software_version()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        summaries = [
+            self.process(Procedure.from_item({k: batch[k][i] for k in batch})) for i in range(len(batch["path"]))
+        ]
+        return {key: [s[key] for s in summaries] for key in ("procedure_id", "status", "frames", "seconds", "reason")}
+
+    def _extras(self, procedure: Procedure) -> dict[str, str]:
+        return {name: procedure.extras.get(name, "") for name in self.settings.extras}
+
+    def _schema(self, table: str):
+        return tables.schema(table, list(self.settings.extras), self.settings.rle)
+
+    def process(self, procedure: Procedure) -> dict:
+        """Segment one procedure and commit its rows; a failure to read it commits an `errors` row instead.
+
+        Returns a summary: procedure_id, status ("ok" or "error"), frames, seconds (wall time), reason.
+        """
+        started = time.perf_counter()
+        output = Path(self.settings.output)
+        key = tables.procedure_key(procedure.procedure_id)
+        overlay = Path(self.settings.overlays) / f"{key}.mp4" if self.settings.overlays else None
+        extras = self._extras(procedure)
+        errors: list[dict] = []
+        try:
+            procedure = expand(procedure)
+            frames, tracks, summary = self._segment(procedure, overlay, errors)
+        except (NeoPolypError, OSError, MemoryError, ValueError) as error:
+            # What the CLI says of the same input; out of memory is named with its procedure too.
+            reason = "out of memory" if isinstance(error, MemoryError) else str(error)
+            for table in ("frames", "tracks"):
+                tables.table_path(output, table, key).unlink(missing_ok=True)
+            if overlay is not None:
+                overlay.unlink(missing_ok=True)
+            row = {"procedure_id": procedure.procedure_id, "path": procedure.path, "reason": reason, **extras}
+            tables.write_rows(output, "errors", key, errors + [row], self._schema("errors"))
+            self._commit(output, key, procedure, "error", {}, extras)
+            return self._summary(procedure, "error", 0, started, reason)
+        tables.write_rows(output, "frames", key, [{**r, **extras} for r in frames], self._schema("frames"))
+        tables.write_rows(output, "tracks", key, [{**r, **extras} for r in tracks], self._schema("tracks"))
+        tables.write_rows(output, "errors", key, [{**r, **extras} for r in errors], self._schema("errors"))
+        summary["overlay"] = overlay.name if overlay is not None else ""
+        self._commit(output, key, procedure, "ok", summary, extras)
+        return self._summary(procedure, "ok", len(frames), started, "")
+
+    @staticmethod
+    def _summary(procedure: Procedure, status: str, frames: int, started: float, reason: str) -> dict:
+        seconds = time.perf_counter() - started
+        return {
+            "procedure_id": procedure.procedure_id,
+            "status": status,
+            "frames": frames,
+            "seconds": seconds,
+            "reason": reason,
+        }
+
+    def _commit(self, output: Path, key: str, procedure: Procedure, status: str, summary: dict, extras: dict) -> None:
+        row = {
+            "procedure_id": procedure.procedure_id,
+            "path": procedure.path,
+            "kind": procedure.kind,
+            "status": status,
+            "duration_s": summary.get("duration_s", 0.0),
+            "frames": summary.get("frames", 0),
+            "polyps_neoplastic": summary.get("polyps_neoplastic", 0),
+            "polyps_non_neoplastic": summary.get("polyps_non_neoplastic", 0),
+            "polyps_uncertain": summary.get("polyps_uncertain", 0),
+            "polyp_time_s": summary.get("polyp_time_s", 0.0),
+            "overlay": summary.get("overlay", ""),
+            "model": self.info.source,
+            "model_revision": self.info.revision,
+            "backend": self.info.backend,
+            "precision": self.info.precision,
+            "software_version": self.version,
+            **extras,
+        }
+        tables.write_rows(output, tables.COMMIT_TABLE, key, [row], self._schema("procedures"))
+
+    def _frames(self, procedure: Procedure, stack: contextlib.ExitStack, errors: list[dict], paths: list[str]):
+        """The frames to segment (a video's path, or an iterator of stills) and their rate."""
+        settings = self.settings
+        if procedure.kind == "video":
+            local = stack.enter_context(local_file(procedure.path))
+            info = probe_video(local, settings.max_pixels, settings.max_seconds)
+            paths.append(procedure.path)
+            return local, info.fps
+
+        def stills() -> Iterator[np.ndarray]:
+            for uri in procedure.paths:
+                try:
+                    with local_file(uri) as local:
+                        rgb = load_image(local, max_pixels=settings.max_pixels)
+                except (NeoPolypError, OSError) as error:  # one bad still: named, the rest go on
+                    errors.append({"procedure_id": procedure.procedure_id, "path": uri, "reason": str(error)})
+                    continue
+                paths.append(uri)
+                yield rgb
+
+        return stills(), settings.stills_fps
+
+    def _segment(self, procedure: Procedure, overlay: Path | None, errors: list[dict]):
+        settings, config = self.settings, self.config
+        names = config["class_names"]
+        tracker = LesionTracker(names, config["uncertain_range"])
+        frames, times, paths = [], [], []
+        writer = None
+        with contextlib.ExitStack() as stack:
+            source, fps = self._frames(procedure, stack, errors, paths)
+            if overlay is not None:
+                writer = VideoWriter(overlay, fps, preset=DEFAULT_PRESET)
+                stack.callback(writer.abort)  # a no-op once closed; drops a half-made clip on any failure
+            results = segment_video(
+                self.model,
+                source,
+                tracker=tracker,
+                every=settings.every,
+                fps=fps,
+                max_pixels=settings.max_pixels,
+                max_seconds=settings.max_seconds,
+            )
+            for result in results:
+                row = {
+                    "procedure_id": procedure.procedure_id,
+                    "path": paths[min(result.index, len(paths) - 1)],
+                    "frame_index": result.index,
+                    "time_s": result.time,
+                    "neoplastic_percent": result.percentages.get("neoplastic", 0.0),
+                    "non_neoplastic_percent": result.percentages.get("non_neoplastic", 0.0),
+                    "lesions": len(result.lesions),
+                    "track_ids": result.track_ids,
+                }
+                if settings.rle:
+                    row["rle_neoplastic"], row["rle_non_neoplastic"] = (
+                        rle_encode(result.mask == c) for c in POLYP_CLASSES
+                    )
+                frames.append(row)
+                times.append(result.time)
+                if writer is not None:
+                    writer.write(
+                        np.asarray(overlay_mask(result.frame, result.mask, config["class_colors"])), result.time
+                    )
+            if not frames:
+                raise NeoPolypError(f"'{procedure.path}' has no readable frame")
+            if writer is not None:
+                writer.close()
+        step = 1.0 / fps
+        low, high = config["uncertain_range"]
+        tracks = [
+            {
+                "procedure_id": procedure.procedure_id,
+                "track_id": t.id,
+                "class": names[t.class_index],
+                "p_neoplastic_given_polyp": t.neoplastic_probability,
+                "uncertain": bool(low <= t.neoplastic_probability <= high),
+                "first_frame": t.first_frame,
+                "last_frame": t.last_frame,
+                "first_time_s": times[t.first_frame],
+                "last_time_s": times[t.last_frame],
+                "frames_seen": t.frames_seen,
+                "largest_area_px": t.largest_area,
+            }
+            for t in sorted(tracker.tracks, key=lambda t: t.id)
+        ]
+        polyps = [t for t in tracks if t["frames_seen"] >= settings.min_polyp_frames]
+        # A frame lasts until the next one; the last one, one frame's time at the clip's rate.
+        durations = np.diff(np.append(times, times[-1] + step))
+        in_view = np.array([row["lesions"] > 0 for row in frames])
+        summary = {
+            "duration_s": float(durations.sum() + times[0]),
+            "frames": len(frames),
+            "polyps_neoplastic": sum(t["class"] == names[POLYP_CLASSES[0]] for t in polyps),
+            "polyps_non_neoplastic": sum(t["class"] == names[POLYP_CLASSES[1]] for t in polyps),
+            "polyps_uncertain": sum(t["uncertain"] for t in polyps),
+            "polyp_time_s": float(durations[in_view].sum()),
+        }
+        return frames, tracks, summary

@@ -1,0 +1,208 @@
+"""Archive mode (neopolyp-batch) on one local Ray with 2 CPUs: the four tables, errors, manifests, and a
+driver killed mid-run then resumed. Inputs are made at test time from synthetic frames."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="archive mode needs the batch extra: pip install '.[batch]'")
+
+import pyarrow.dataset as pads  # noqa: E402
+from helpers import ROOT, cover_art_memo, load_script  # noqa: E402
+
+from neopolyp_hf.batch import tables  # noqa: E402
+from neopolyp_hf.batch.cli import get_args_parser, main, run  # noqa: E402
+from neopolyp_hf.batch.inputs import discover  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts Ray and its actors
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for every test here: 2 CPUs, no dashboard, on 127.0.0.1."""
+    import ray
+
+    from neopolyp_hf.batch.cli import start_ray
+
+    start_ray(None, cpus=2)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def batch_model(tmp_path_factory, random_model) -> Path:
+    """A small untrained model folder: the tables' plumbing needs no trained weights."""
+    folder = tmp_path_factory.mktemp("batch_model")
+    random_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, clip_scenes) -> Path:
+    """Three short clips in two folders, a folder of stills, a truncated clip and an MP3 voice memo."""
+    from PIL import Image
+
+    from neopolyp_hf.training.clips import clip_frames, write_clip
+
+    root = tmp_path_factory.mktemp("archive")
+    frames = [frame for _, frame, _ in clip_frames(clip_scenes, 4, (160, 120))]
+    for name, part in (("a/clip1.mp4", frames[:6]), ("a/clip2.mp4", frames[2:8]), ("b/clip3.mp4", frames[1:6])):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(root / name, part, fps=8.0)
+    (root / "stills").mkdir()
+    for index, frame in enumerate(frames[:3]):
+        Image.fromarray(frame).save(root / "stills" / f"frame_{index}.png")
+    (root / "truncated.mp4").write_bytes((root / "a" / "clip1.mp4").read_bytes()[:2000])
+    cover_art_memo(root / "memo.mp3")
+    return root
+
+
+def table(output: Path, name: str):
+    return pads.dataset(output / name).to_table()
+
+
+def run_batch(*argv: str) -> dict:
+    return run(get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_an_archive_gives_the_four_tables_with_their_schemas(local_ray, archive, batch_model, tmp_path):
+    output = tmp_path / "out"
+    counts = run_batch(archive, "--model", batch_model, "--output", output, "--rle", "--overlays", tmp_path / "clips")
+    assert counts["procedures"] == 6 and counts["read"] == 4 and counts["frames"] == 6 + 6 + 5 + 3
+    procedures = table(output, "procedures")
+    assert procedures.schema.equals(tables.schema("procedures", []))
+    rows = {r["procedure_id"]: r for r in procedures.to_pylist()}
+    assert set(rows) == {"a/clip1.mp4", "a/clip2.mp4", "b/clip3.mp4", "stills", "truncated.mp4", "memo.mp3"}
+    assert rows["stills"]["kind"] == "stills" and rows["stills"]["frames"] == 3
+    assert rows["a/clip1.mp4"]["status"] == "ok" and rows["memo.mp3"]["status"] == "error"
+    assert abs(rows["a/clip1.mp4"]["duration_s"] - 6 / 8.0) < 1e-6
+    assert rows["a/clip1.mp4"]["backend"] == "onnx" and rows["a/clip1.mp4"]["software_version"]
+    frames = table(output, "frames")
+    assert frames.schema.equals(tables.schema("frames", [], rle=True))
+    clip = sorted((r for r in frames.to_pylist() if r["procedure_id"] == "b/clip3.mp4"), key=lambda r: r["frame_index"])
+    assert [r["frame_index"] for r in clip] == list(range(5))
+    assert [round(r["time_s"], 6) for r in clip] == [i / 8.0 for i in range(5)]
+    assert table(output, "tracks").schema.equals(tables.schema("tracks", []))
+    errors = {r["procedure_id"]: r["reason"] for r in table(output, "errors").to_pylist()}
+    assert set(errors) == {"truncated.mp4", "memo.mp3"}
+    assert "memo.mp3" in errors["memo.mp3"] and "truncated.mp4" in errors["truncated.mp4"]
+    assert {p.name for p in (tmp_path / "clips").iterdir()} == {
+        f"{tables.procedure_key(i)}.mp4" for i in ("a/clip1.mp4", "a/clip2.mp4", "b/clip3.mp4", "stills")
+    }
+    assert main([str(archive), "--model", str(batch_model), "--output", str(output)]) == 0  # all done: skipped
+
+
+def test_a_clips_rows_equal_what_predict_video_writes(local_ray, archive, batch_model, tmp_path):
+    output = tmp_path / "out"
+    run_batch(archive / "a", "--model", batch_model, "--output", output)
+    timeline, track_csv = tmp_path / "timeline.csv", tmp_path / "tracks.csv"
+    predict = load_script("predict")
+    predict.main(
+        predict.get_args_parser().parse_args(
+            [
+                "--model",
+                str(batch_model),
+                "--video",
+                str(archive / "a" / "clip2.mp4"),
+                "--timeline",
+                str(timeline),
+                "--tracks",
+                str(track_csv),
+            ]
+        )
+    )
+    with open(timeline) as handle:
+        expected = list(csv.DictReader(handle))
+    rows = sorted(
+        (r for r in table(output, "frames").to_pylist() if r["procedure_id"] == "clip2.mp4"),
+        key=lambda r: r["frame_index"],
+    )
+    assert len(rows) == len(expected) == 6
+    for row, line in zip(rows, expected, strict=True):
+        assert row["frame_index"] == int(line["frame"]) and abs(row["time_s"] - float(line["time_s"])) < 1e-3
+        assert abs(row["neoplastic_percent"] - float(line["neoplastic_percent"])) < 1e-4
+        assert abs(row["non_neoplastic_percent"] - float(line["non_neoplastic_percent"])) < 1e-4
+        assert row["track_ids"] == [int(t) for t in line["track_ids"].split()]
+    with open(track_csv) as handle:
+        expected_tracks = {int(r["track_id"]): r for r in csv.DictReader(handle)}
+    tracks = {r["track_id"]: r for r in table(output, "tracks").to_pylist() if r["procedure_id"] == "clip2.mp4"}
+    assert set(tracks) == set(expected_tracks)
+    for track_id, row in tracks.items():
+        line = expected_tracks[track_id]
+        assert row["class"] == line["class"] and row["frames_seen"] == int(line["frames_seen"])
+        assert abs(row["p_neoplastic_given_polyp"] - float(line["p_neoplastic_given_polyp"])) < 1e-4
+
+
+def test_a_manifest_carries_its_columns_and_names_a_missing_path(local_ray, archive, batch_model, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "path,procedure_id,site,date\n"
+        f"{archive / 'a' / 'clip1.mp4'},P-001,north,2024-05-01\n"
+        f"{archive / 'stills'},P-002,south,2024-05-02\n"
+        f"{archive / 'nowhere.mp4'},P-003,south,2024-05-03\n"
+    )
+    output = tmp_path / "out"
+    counts = run_batch(manifest, "--model", batch_model, "--output", output)
+    assert counts["procedures"] == 3 and counts["read"] == 2
+    procedures = {r["procedure_id"]: r for r in table(output, "procedures").to_pylist()}
+    assert procedures["P-001"]["site"] == "north" and procedures["P-002"]["date"] == "2024-05-02"
+    assert procedures["P-002"]["kind"] == "stills"
+    assert {r["site"] for r in table(output, "frames").to_pylist()} == {"north", "south"}
+    (error,) = table(output, "errors").to_pylist()
+    assert error["procedure_id"] == "P-003" and "nowhere.mp4" in error["reason"] and "does not exist" in error["reason"]
+
+
+def test_a_killed_driver_resumes_with_every_procedure_exactly_once(local_ray, archive, batch_model, tmp_path):
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "neopolyp_hf.batch.cli",
+        str(archive),
+        "--model",
+        str(batch_model),
+        "--output",
+        str(output),
+        "--address",
+        local_ray,
+        "--workers",
+        "1",
+    ]
+    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        if len(tables.committed(output)) >= 1:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, "the run ended before it could be killed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = set(tables.committed(output))
+    assert 1 <= len(before) < 6
+    counts = run_batch(archive, "--model", batch_model, "--output", output)
+    assert counts["procedures"] == 6 and counts["frames"] == 20
+    frames = table(output, "frames").to_pylist()
+    keys = [(r["procedure_id"], r["frame_index"]) for r in frames]
+    assert len(keys) == len(set(keys))  # no frame twice
+    for name in ("procedures", "tracks"):
+        rows = table(output, name).to_pylist()
+        ids = [(r["procedure_id"], r.get("track_id")) for r in rows]
+        assert len(ids) == len(set(ids))
+    assert not [p for p in output.rglob(".*")]  # no temporary file left
+
+
+def test_listing_an_archive_by_glob_and_bad_settings(archive, tmp_path):
+    ids = [p.procedure_id for p in discover(str(archive / "a" / "*.mp4"))]
+    assert ids == ["clip1.mp4", "clip2.mp4"]
+    with pytest.raises(SystemExit, match="--workers must be at least 1"):
+        run_batch(archive, "--model", "m", "--output", tmp_path, "--workers", "0")
+    with pytest.raises(SystemExit, match="does not exist"):
+        run_batch(tmp_path / "nothing", "--model", "m", "--output", tmp_path)
