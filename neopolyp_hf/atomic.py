@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,17 +30,42 @@ def prepare_output(path: str | os.PathLike) -> Path:
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)`, then rename the result over `path` (its missing parent folders created);
-    a failure leaves `path` untouched."""
+    a failure (a full disk, a signal, an exception in `write`) leaves `path` untouched and no temporary file.
+
+    Raises:
+        OSError: with the same errno, its message naming `path` ("no space left on device while writing ...").
+    """
     path = prepare_output(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        raise OSError(error.errno, f"{describe_os_error(error)} while writing '{path}'") from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError in words, lower case: 'no space left on device', 'read-only file system', ..."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`, `docker stop`) end the program as Ctrl-C does: it raises SystemExit(143)
+    in the main thread, so every `finally` and cleanup runs and no half-written output stays behind."""
+    if threading.current_thread() is threading.main_thread():
+
+        def stop(signum, frame) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

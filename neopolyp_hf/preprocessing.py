@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .dicom import is_dicom, read_still
 from .errors import ImageLoadError
 
 # An endoscopy frame is at most a few megapixels; 64 MP leaves room for any of them while
@@ -28,6 +29,8 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 # Ghostscript, FITS, PSD, ...) are attack surface with no use here.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 ORIENTATION_TAG = 0x0112  # EXIF
+# File extensions of what load_image reads (a DICOM file is also known by its content, whatever its name).
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm")
 
 
 def _describe(source: ImageInput) -> str:
@@ -59,7 +62,8 @@ def load_image(
 ) -> np.ndarray:
     """Read a path, bytes, PIL image or array into an HxWx3 uint8 RGB array, EXIF-upright.
 
-    Files are opened with Pillow's decoders for `formats` only; any other format is refused by name.
+    Files are opened with Pillow's decoders for `formats` only; any other format is refused by name. A DICOM
+    still (a file or bytes with the DICOM mark, whatever its name) is read by `neopolyp_hf.dicom.read_still`.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, max_pixels)
@@ -69,6 +73,12 @@ def load_image(
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise ImageLoadError(f"image file {name} does not exist")
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".dcm" and not is_dicom(source):
+        raise ImageLoadError(f"{name} has a DICOM name but is not a DICOM file (no DICM mark after the preamble)")
+    if is_dicom(source):  # a hospital's still: VL Endoscopic, Secondary Capture, ...
+        rgb, _ = read_still(source, name)
+        _check_pixels(rgb.shape[0] * rgb.shape[1], max_pixels, name)
+        return rgb
     data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
@@ -122,7 +132,11 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
         if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
             return np.ascontiguousarray(array)
         squeezed = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
-        if squeezed.dtype == np.uint16:
+        if squeezed.dtype == np.uint16 and squeezed.ndim == 3:
+            # 16-bit colour (capture cards, tifffile, cv2.IMREAD_UNCHANGED): the high byte, as Pillow reads a
+            # 16-bit colour PNG or TIFF, so an array and its file give the same frame.
+            squeezed = (squeezed >> 8).astype(np.uint8)
+        elif squeezed.dtype == np.uint16:
             return _pil_to_rgb(Image.fromarray(squeezed.astype(np.int32), mode="I"))
         if squeezed.dtype != np.uint8:
             raise ImageLoadError(f"an array input must be uint8 or uint16, got {array.dtype}")

@@ -7,7 +7,10 @@ turns the Hub's errors into one `ModelSourceError` that names the source.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +71,59 @@ def resolve_model_source(source: str | os.PathLike, revision: str | None = None,
         card = Path(_download(name, CARD_FILE, commit, hub_args, revision_asked=revision))
     except ModelSourceError:  # a card is optional
         card = None
-    return ModelFiles(name, revision, commit, config, weights, card)
+    return ModelFiles(name, revision, commit, check_model_file(config), check_model_file(weights), card)
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+# How to get the real file back, by where it came from.
+REFETCH = "run `git lfs pull` in the model folder (or download the file again)"
+
+
+def check_model_file(path: str | os.PathLike) -> Path:
+    """Check a model file before it is read: not a Git LFS pointer, and for safetensors, a whole file
+    (its header's tensors all inside it). Returns the path.
+
+    Raises:
+        ModelSourceError: naming the file, what it is (an LFS pointer to N bytes; N of M bytes), and the fix.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    if head.startswith(LFS_POINTER):
+        match = re.search(rb"^size (\d+)$", head, re.MULTILINE)
+        target = f" to a file of {int(match.group(1)):,} bytes" if match else ""
+        raise ModelSourceError(
+            f"'{path}' is a Git LFS pointer ({size} bytes){target}, not the file itself: the model was cloned "
+            f"without git-lfs; {REFETCH}"
+        )
+    if path.suffix == ".safetensors":
+        _check_safetensors(path, size, head)
+    return path
+
+
+def _check_safetensors(path: Path, size: int, head: bytes) -> None:
+    """The safetensors layout: an 8-byte little-endian header length, a JSON header, then the tensors."""
+    if size < 8:
+        raise ModelSourceError(f"'{path}' is cut short: {size} bytes, not even a safetensors header; {REFETCH}")
+    (header_length,) = struct.unpack("<Q", head[:8])
+    if 8 + header_length > size:
+        raise ModelSourceError(
+            f"'{path}' is cut short or not a safetensors file: {size:,} bytes, but its header alone claims "
+            f"{8 + header_length:,}; {REFETCH}"
+        )
+    with open(path, "rb") as handle:
+        handle.seek(8)
+        try:
+            header = json.loads(handle.read(header_length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise ModelSourceError(
+                f"'{path}' is not a safetensors file (its header is unreadable); {REFETCH}"
+            ) from error
+    expected = 8 + header_length + end
+    if size < expected:
+        raise ModelSourceError(f"'{path}' is cut short: {size:,} of {expected:,} bytes; {REFETCH}")
 
 
 def fetch_model_file(files: ModelFiles, filename: str) -> Path:
@@ -77,8 +132,8 @@ def fetch_model_file(files: ModelFiles, filename: str) -> Path:
         path = files.config.parent / filename
         if not path.is_file():
             raise ModelSourceError(f"model folder '{files.source}' has no {filename}")
-        return path
-    return Path(_download(files.source, filename, files.commit, {}, revision_asked=files.revision))
+        return check_model_file(path)
+    return check_model_file(_download(files.source, filename, files.commit, {}, revision_asked=files.revision))
 
 
 def _resolve_folder(folder: Path) -> ModelFiles:
@@ -93,9 +148,8 @@ def _resolve_folder(folder: Path) -> ModelFiles:
             )
         raise ModelSourceError(f"model folder '{folder}' has no {WEIGHTS_FILE}")
     card = folder / CARD_FILE
-    return ModelFiles(
-        str(folder), None, None, folder / CONFIG_FILE, folder / WEIGHTS_FILE, card if card.is_file() else None
-    )
+    config, weights = check_model_file(folder / CONFIG_FILE), check_model_file(folder / WEIGHTS_FILE)
+    return ModelFiles(str(folder), None, None, config, weights, card if card.is_file() else None)
 
 
 def _download(

@@ -119,3 +119,81 @@ def cover_art_memo(path: Path) -> Path:
         container.mux(packet)
     container.close()
     return path
+
+
+# Planted in every DICOM the tests make: none of it may reach an output, a log line or the page.
+PATIENT_FIELDS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-31337",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACC-4242",
+    "InstitutionName": "St Elsewhere Hospital",
+}
+VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def dicom_object(path: Path, sop_class: str, syntax: str, rows: int, columns: int, **fields) -> Path:
+    """A DICOM file made with pydicom, with the patient fields of PATIENT_FIELDS planted in it; `fields` set the
+    rest (PixelData, PhotometricInterpretation, ...). A field given as None is left out."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = syntax
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    for keyword, value in PATIENT_FIELDS.items():
+        setattr(dataset, keyword, value)
+    dataset.Modality, dataset.Rows, dataset.Columns = "ES", rows, columns
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation, dataset.PlanarConfiguration = 3, "RGB", 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    for keyword, value in fields.items():
+        if value is None:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        else:
+            setattr(dataset, keyword, value)
+    if "PixelData" in dataset and syntax.startswith("1.2.840.10008.1.2.4."):
+        dataset["PixelData"].VR, dataset["PixelData"].is_undefined_length = "OB", True
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dicom_still(path: Path, rgb: np.ndarray, sop_class: str = VL_ENDOSCOPIC, layout: str = "explicit", **fields):
+    """A colour still: `layout` explicit or implicit VR, planar (planar configuration 1), jpeg (JPEG Baseline,
+    YBR_FULL_422, made with Pillow), or ybr (uncompressed YBR_FULL)."""
+    import io
+
+    import cv2
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+
+    rows, columns = rgb.shape[:2]
+    if layout == "jpeg":
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=95)
+        pixels = {"PixelData": encapsulate([buffer.getvalue()]), "PhotometricInterpretation": "YBR_FULL_422"}
+        return dicom_object(path, sop_class, JPEGBaseline8Bit, rows, columns, **{**pixels, **fields})
+    if layout == "planar":
+        pixels = {"PixelData": np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), "PlanarConfiguration": 1}
+    elif layout == "ybr":  # DICOM's YBR_FULL is Y, Cb, Cr (OpenCV gives Y, Cr, Cb)
+        ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]]
+        pixels = {"PixelData": np.ascontiguousarray(ycc).tobytes(), "PhotometricInterpretation": "YBR_FULL"}
+    else:
+        pixels = {"PixelData": np.ascontiguousarray(rgb).tobytes()}
+    syntax = ImplicitVRLittleEndian if layout == "implicit" else ExplicitVRLittleEndian
+    return dicom_object(path, sop_class, syntax, rows, columns, **{**pixels, **fields})
+
+
+def dicom_video(path: Path, stream: bytes, rows: int, columns: int, frames: int, syntax: str, **fields) -> Path:
+    """A Video Endoscopic object holding an encoded stream (an MP4, or a bare elementary stream)."""
+    from pydicom.encaps import encapsulate
+
+    fields = {"PhotometricInterpretation": "YBR_PARTIAL_420", "NumberOfFrames": frames, **fields}
+    return dicom_object(path, VIDEO_ENDOSCOPIC, syntax, rows, columns, **{"PixelData": encapsulate([stream]), **fields})

@@ -111,6 +111,7 @@ EXTRAS_ONLY = (
     "accelerate",
     "albumentations",
     "av",
+    "highdicom",
     "gradio",
     "matplotlib",
     "onnx",

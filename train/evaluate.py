@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError
+from neopolyp_hf.atomic import exit_on_sigterm
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 
@@ -68,4 +69,5 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError, NeoPolypUNet
-from neopolyp_hf.atomic import prepare_output
+from neopolyp_hf.atomic import exit_on_sigterm, prepare_output
 from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
 from neopolyp_hf.training.data import IMAGE_SUFFIXES
 
@@ -77,4 +77,5 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -20,10 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rle_encode
-from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
+from neopolyp_hf.atomic import exit_on_sigterm, prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
+from neopolyp_hf.dicom import is_dicom
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.preprocessing import IMAGE_EXTENSIONS
 from neopolyp_hf.textfiles import read_user_text
 
 
@@ -40,6 +42,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also write <id>.npz: 'probabilities', C x H x W float16 at the original size",
+    )
+    parser.add_argument(
+        "--dicom-seg",
+        default=None,
+        metavar="DIR",
+        help="also write a DICOM SEG over each DICOM still, DIR/<its SOP Instance UID>.seg.dcm (dicom extra)",
     )
     parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -68,8 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What load_image reads, by file extension.
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+def is_image_file(path: Path) -> bool:
+    """Whether a file of a folder is an image to segment: by its extension, or a DICOM file of any name."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -77,9 +86,18 @@ def list_images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SystemExit(f"error: image folder '{folder}' does not exist")
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+    images: dict[str, Path] = {}
     for path in files:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if not is_image_file(path):
+            continue
+        if path.stem in images:  # the submission has one row pair per id: two files cannot share one
+            raise SystemExit(
+                f"error: '{images[path.stem].name}' and '{path.name}' in '{folder}' have the same id "
+                f"'{path.stem}': rename or remove one"
+            )
+        images[path.stem] = path
+    for path in files:
+        if not is_image_file(path):
             print(f"not an image, left out: {path.name} (formats: {', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
     if not images:
         raise SystemExit(f"error: no {', '.join(IMAGE_EXTENSIONS)} images in '{folder}'")
@@ -164,12 +182,57 @@ def predict_video(args: argparse.Namespace) -> dict:
             max_seconds=args.max_video_seconds,
             progress=progress,
         )
-    except (VideoLoadError, ImportError) as error:
+    except (VideoLoadError, ImportError, OSError) as error:
         raise SystemExit(f"error: {error}") from error
     finally:
         bar.close()
     print(f"{outputs.frames} frames, {len(outputs.tracks)} tracks: " + ", ".join(map(str, outputs.files.values())))
     return outputs.files
+
+
+def write_dicom_seg(source: Path, mask, folder: Path, info) -> Path:
+    """The DICOM SEG of a DICOM still's mask, named by the still's SOP Instance UID (never a patient field)."""
+    from importlib import metadata
+
+    from neopolyp_hf.dicom_seg.writer import write_seg
+
+    try:
+        version = metadata.version("neopolyp-hf")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return write_seg(source, mask, folder, info.source, info.revision, version)
+
+
+def predict_images(args, backend, info, images, ids, bad, masks_dir, probabilities_dir, written: list[Path]) -> Path:
+    """Predict the readable images, writing masks and probabilities as asked (each path appended to
+    `written` as it is made), then the submission CSV; returns its path."""
+    # One row per polyp class, `<id>_0`, `<id>_1`, ... in class order, as the competition numbers them.
+    rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
+    good = [i for i in ids if i not in bad]
+    seg_dir = Path(args.dicom_seg) if args.dicom_seg else None
+    with tqdm(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
+        for start in range(0, len(good), args.batch_size):
+            chunk = good[start : start + args.batch_size]
+            predictions = backend.predict_batch(
+                [images[i] for i in chunk], tta=args.tta, lesion_consistency=not args.no_lesion_consistency
+            )
+            for image_id, prediction in zip(chunk, predictions, strict=True):
+                rows[image_id] = [rle_encode(prediction.mask == c) for c in POLYP_CLASSES]
+                if masks_dir:
+                    written.append(save_mask_png(prediction.mask, masks_dir / f"{image_id}.png"))
+                if probabilities_dir:
+                    written.append(save_probabilities(prediction, probabilities_dir / f"{image_id}.npz"))
+                if seg_dir and is_dicom(images[image_id]):
+                    written.append(write_dicom_seg(images[image_id], prediction.mask, seg_dir, info))
+            bar.update(len(chunk))
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Id", "Expected"])
+    for image_id in ids:
+        for index, rle in enumerate(rows[image_id]):
+            writer.writerow([f"{image_id}_{index}", rle])
+    return write_text_atomic(args.output, buffer.getvalue())
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -207,37 +270,27 @@ def main(args: argparse.Namespace) -> Path:
 
     masks_dir = Path(args.masks_dir) if args.masks_dir else None
     probabilities_dir = Path(args.save_probabilities) if args.save_probabilities else None
-    for folder in (masks_dir, probabilities_dir):
-        if folder:
-            folder.mkdir(parents=True, exist_ok=True)
-    # One row per polyp class, `<id>_0`, `<id>_1`, ... in class order, as the competition numbers them.
-    rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
-    good = [i for i in ids if i not in bad]
     try:
         backend, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
     except NeoPolypError as error:
         raise SystemExit(f"error: {error}") from error
-    with tqdm(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
-        for start in range(0, len(good), args.batch_size):
-            chunk = good[start : start + args.batch_size]
-            predictions = backend.predict_batch(
-                [images[i] for i in chunk], tta=args.tta, lesion_consistency=not args.no_lesion_consistency
-            )
-            for image_id, prediction in zip(chunk, predictions, strict=True):
-                rows[image_id] = [rle_encode(prediction.mask == c) for c in POLYP_CLASSES]
-                if masks_dir:
-                    save_mask_png(prediction.mask, masks_dir / f"{image_id}.png")
-                if probabilities_dir:
-                    save_probabilities(prediction, probabilities_dir / f"{image_id}.npz")
-            bar.update(len(chunk))
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Id", "Expected"])
-    for image_id in ids:
-        for index, rle in enumerate(rows[image_id]):
-            writer.writerow([f"{image_id}_{index}", rle])
-    output = write_text_atomic(args.output, buffer.getvalue())
+    seg_dir = Path(args.dicom_seg) if args.dicom_seg else None
+    made = [folder for folder in (masks_dir, probabilities_dir, seg_dir) if folder and not folder.exists()]
+    written: list[Path] = []
+    try:
+        for folder in (masks_dir, probabilities_dir, seg_dir):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+        output = predict_images(args, backend, info, images, ids, bad, masks_dir, probabilities_dir, written)
+    except BaseException as error:  # a full disk, a signal, Ctrl-C: no partial set of outputs stays behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(error, (OSError, DataError, ImportError)):
+            raise SystemExit(f"error: {error}") from error
+        raise
     print(
         f"wrote {output}: {len(ids)} image(s), {len(POLYP_CLASSES) * len(ids)} rows"
         + (f", {len(bad)} skipped" if bad else "")
@@ -246,4 +299,5 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from neopolyp_hf import NeoPolypError
+from neopolyp_hf.atomic import exit_on_sigterm
 from neopolyp_hf.training.data import find_pairs
 from neopolyp_hf.training.publish import publish_run
 
@@ -34,4 +35,5 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -27,7 +27,7 @@ from huggingface_hub import try_to_load_from_cache
 from tqdm.auto import tqdm
 
 from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
-from neopolyp_hf.atomic import replace_dir_atomic, write_text_atomic
+from neopolyp_hf.atomic import exit_on_sigterm, replace_dir_atomic, write_text_atomic
 from neopolyp_hf.classes import DATASET_ID
 from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.classifier.model import LITE_ENCODERS
@@ -562,4 +562,5 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

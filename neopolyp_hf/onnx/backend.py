@@ -21,6 +21,7 @@ from ..config import ModelConfig
 from ..inference import Segmenter
 from ..model import NeoPolypUNet, head_scores
 from ..preprocessing import ImageInput, load_image, preprocess
+from ..source import check_model_file
 
 # The exports published beside a model's weights (neopolyp_hf.training.publish);
 # NEOPOLYP_PRECISION=int8 loads the second.
@@ -89,7 +90,10 @@ def _export_graph(module: torch.nn.Module, dummy: torch.Tensor, names: tuple[str
     return write_atomic(path, write)
 
 
-def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = 17) -> Path:
+ONNX_OPSET = 17
+
+
+def export_onnx(model: NeoPolypUNet, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     """Export with a dynamic batch dimension; the config goes into the file's metadata. A model with a
     second stage also gets its lesion classifier as a second graph (crops in, logits out) beside it."""
     size = model.config["input_size"]
@@ -208,6 +212,7 @@ def _session(path: Path, threads: int | None):
 
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model '{path}' does not exist")
+    check_model_file(path)  # a Git LFS pointer is named as such, not as a protobuf error
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ONNX Runtime's threads otherwise spin on the cores after each run, starving the JPEG

@@ -3,20 +3,20 @@ model folder, a Hub repo or an .onnx file. Used by the scripts in train/ and by 
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
 
+from ..cache import cache_path, file_digest
 from ..errors import ModelSourceError, NeoPolypError
 from ..inference import Segmenter
 from ..model import NeoPolypUNet
 from ..source import fetch_model_file
 from ..synthetic import SYNTHETIC_DATASET
-from .backend import INT8_FILE, OnnxSegmenter, classifier_graph_path, export_onnx
+from .backend import INT8_FILE, ONNX_OPSET, OnnxSegmenter, classifier_graph_path, export_onnx
 
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -44,22 +44,35 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_onnx_cache() -> Path:
-    """Where exported ONNX files are kept: $NEOPOLYP_CACHE, else ~/.cache/neopolyp."""
-    return Path(os.environ.get("NEOPOLYP_CACHE") or Path.home() / ".cache" / "neopolyp") / "onnx"
+def onnx_cache_parts(model: NeoPolypUNet, weights: Path) -> dict[str, object]:
+    """Everything an fp32 ONNX export is made from, its cache key's parts: the weights' SHA-256, the config
+    as loaded (every field: a config-only change makes a new export), the exporter (torch), onnx and
+    onnxruntime versions, this package's version (the export code) and the opset."""
+    return {
+        "weights": file_digest(weights),
+        "config": model.config,
+        "torch": torch.__version__,
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "neopolyp": _version("neopolyp-hf"),
+        "opset": ONNX_OPSET,
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def cached_onnx_export(model: NeoPolypUNet, weights: Path, cache_dir: Path | None = None) -> Path:
-    """The model's fp32 ONNX export, made once per weights file: named by the weights' SHA-256 and
-    written atomically, so a restart (or a second process) reuses it."""
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    path = (cache_dir or default_onnx_cache()) / f"{digest.hexdigest()[:32]}.onnx"
-    if not path.is_file():
+    """The model's fp32 ONNX export, made once per set of inputs (`onnx_cache_parts`) in the one cache
+    (`neopolyp_hf.cache`; `cache_dir` instead, for tests) and reused by a restart or a second process."""
+    path = cache_path("onnx", onnx_cache_parts(model, weights), ".onnx", cache_dir)
+    if not path.is_file():  # the classifier graph is written first, so the main graph means both are there
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, path)
+        export_onnx(model, path, ONNX_OPSET)
     return path
 
 
@@ -113,7 +126,7 @@ def load_segmenter(
                 segmenter = OnnxSegmenter(cached_onnx_export(model, files.weights, onnx_cache), threads)
         else:
             segmenter = model.to(device).optimize_for_inference(precision)
-    except (NeoPolypError, ValueError, FileNotFoundError) as error:
+    except (NeoPolypError, ValueError, OSError) as error:  # OSError: a full disk or read-only cache, named
         raise ModelSourceError(f"cannot load model '{source}': {error}") from error
     datasets: tuple[str, ...] = ()
     if files.card is not None:

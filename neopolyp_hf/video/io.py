@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..atomic import prepare_output
+from ..dicom import is_dicom
 from ..errors import VideoLoadError
 from ..preprocessing import DEFAULT_MAX_PIXELS
 
@@ -23,6 +24,7 @@ DEFAULT_MAX_SECONDS = 60.0
 # "ultrafast" takes about 9 ms a frame, "veryfast" 19 and "medium" 43, against ~60 ms for the model
 # at 256 px INT8: anything slower than ultrafast would take a large share of the frame budget.
 DEFAULT_PRESET = "ultrafast"
+TIME_BASE = Fraction(1, 90000)  # the written clip's clock: MPEG's 90 kHz
 
 
 def _av():
@@ -122,7 +124,12 @@ def upright(rgb: np.ndarray, rotation: float, aspect=None) -> np.ndarray:
 def probe_video(
     path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = DEFAULT_MAX_SECONDS
 ) -> VideoInfo:
-    """The video's size, rate and length, checked against the limits before any frame is decoded."""
+    """The video's size, rate and length, checked against the limits before any frame is decoded. A DICOM
+    object (a file with the DICOM mark, whatever its name) is read by `neopolyp_hf.video.dicom`."""
+    if is_dicom(path):
+        from .dicom import probe_dicom_video
+
+        return probe_dicom_video(path, max_pixels, max_seconds)
     name = Path(path).name
     container, stream = _open(path)
     try:
@@ -155,6 +162,11 @@ def read_frames(
     """Decode the video stream frame by frame (audio and cover pictures are ignored), each frame upright
     (`upright`: rotation metadata and non-square pixels applied) and timed from the clip's first frame;
     errors name the file and frame."""
+    if is_dicom(path):
+        from .dicom import read_dicom_frames
+
+        yield from read_dicom_frames(path, max_pixels, max_seconds)
+        return
     av = _av()
     name = Path(path).name
     info = probe_video(path, max_pixels, max_seconds)
@@ -241,17 +253,20 @@ class VideoWriter:
     """H.264 (yuv420p) MP4 that browsers play, encoded in a thread of its own and written atomically:
     the file appears at `path` only when `close()` succeeds. Odd frame sizes lose their last row or column.
 
-    The clip takes the first frame's size. A stream whose frame size changes (a browser recording of a
-    phone that was turned) keeps it: each later frame of another size is fitted inside, undistorted,
-    with black bars (`fit_frame`), since an MP4 stream has one size. The frames written are upright
-    pixels; the file carries no rotation metadata."""
+    Each frame keeps the time it is written with (`write(rgb, time)`: a variable-rate recording plays in
+    its own time, frame for frame, rather than at one rate; MP4 stores a time per frame), or without
+    times, one frame every 1/`fps` s. The clip takes the first frame's size. A stream whose frame size
+    changes (a browser recording of a phone that was turned) keeps it: each later frame of another size
+    is fitted inside, undistorted, with black bars (`fit_frame`), since an MP4 stream has one size. The
+    frames written are upright pixels; the file carries no rotation metadata."""
 
     def __init__(self, path: str | os.PathLike, fps: float, preset: str = DEFAULT_PRESET, crf: int = 23) -> None:
         self.path = prepare_output(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         self.fps, self.preset, self.crf = fps, preset, crf
-        self.frames = 0
+        self.frames = self.frames_encoded = 0
         self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._last_pts = -1
         self._error: BaseException | None = None
         self._container = self._stream = None
         self._thread = threading.Thread(target=self._encode, name="neopolyp-encode", daemon=True)
@@ -263,15 +278,17 @@ class VideoWriter:
         rate = Fraction(self.fps).limit_denominator(1001)
         stream = self._container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = TIME_BASE  # frame times to 1/90000 s, the MPEG clock
         stream.options = {"preset": self.preset, "crf": str(self.crf)}
         self._stream = stream
 
     def _encode(self) -> None:
         av = _av()
         while True:
-            rgb = self._queue.get()
-            if rgb is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            rgb, time = item
             if self._error is not None:
                 continue  # drain: the error is raised by write() or close()
             try:
@@ -281,16 +298,23 @@ class VideoWriter:
                 if (rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2) != (height, width):  # the size changed
                     rgb = fit_frame(rgb, width, height)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
+                # Its own time where given (strictly after the last: a container needs rising times).
+                at = time if time is not None else self.frames_encoded / self.fps
+                pts = round(at / TIME_BASE)
+                frame.pts, frame.time_base = max(pts, self._last_pts + 1), TIME_BASE
+                self._last_pts = frame.pts
+                self.frames_encoded += 1
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)
             except BaseException as error:
                 self._error = error
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Queue one HxWx3 uint8 RGB frame (blocks while the encoder is 8 frames behind)."""
+    def write(self, rgb: np.ndarray, time: float | None = None) -> None:
+        """Queue one HxWx3 uint8 RGB frame, shown at `time` s from the first frame (None: 1/fps after the last
+        one); blocks while the encoder is 8 frames behind."""
         if self._error is not None:
             raise self._error
-        self._queue.put(rgb)
+        self._queue.put((rgb, time))
         self.frames += 1
 
     def close(self) -> Path:

@@ -190,7 +190,8 @@ def write_video_outputs(
             max_seconds=max_seconds,
         ):
             if writer is not None:
-                writer.write(np.asarray(overlay_mask(result.frame, result.mask, config["class_colors"], opacity)))
+                overlaid = overlay_mask(result.frame, result.mask, config["class_colors"], opacity)
+                writer.write(np.asarray(overlaid), result.time)  # each frame at its own time: variable rate kept
             if masks_dir:
                 written.append(
                     save_mask_png(

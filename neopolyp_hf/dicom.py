@@ -1,0 +1,175 @@
+"""DICOM as hospitals store endoscopy: stills read into RGB frames, and a header summary with no patient field.
+
+Reading uses pydicom (MIT). A still is a single-frame colour image of any SOP class with Pixel Data (VL
+Endoscopic Image Storage, Secondary Capture with Modality ES, ...): uncompressed (implicit or explicit VR,
+either planar configuration) or compressed in a transfer syntax an installed decoder reads (JPEG Baseline
+through Pillow). YBR images come out as the RGB a viewer shows. Multi-frame objects and video are read by
+`neopolyp_hf.video.dicom`. Nothing here ever puts a patient or study field into a message or a result:
+only the fields of `SAFE_FIELDS`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageLoadError
+
+PREAMBLE_LENGTH = 128  # a DICOM file (Part 10) is 128 bytes of preamble, then b"DICM"
+SOP_CLASS_NAMES = {
+    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    "1.2.840.10008.1.3.10": "Media Storage Directory Storage (DICOMDIR)",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
+}
+DICOMDIR = "1.2.840.10008.1.3.10"
+# Transfer syntaxes that need a decoder pydicom does not bring, and the package that brings one.
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pyjpegls"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pyjpegls"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg-libjpeg"),
+}
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT")
+# The header fields that may leave this module (in a message, a table, the page): none identifies anyone.
+SAFE_FIELDS = ("SOPClassUID", "Modality", "Rows", "Columns", "NumberOfFrames", "TransferSyntaxUID")
+
+
+def is_dicom(source: str | os.PathLike | bytes) -> bool:
+    """Whether a file or bytes hold a DICOM Part 10 file (the b"DICM" mark after the preamble)."""
+    if isinstance(source, (bytes, bytearray)):
+        return source[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] == b"DICM"
+    try:
+        with open(source, "rb") as handle:
+            handle.seek(PREAMBLE_LENGTH)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class DicomSummary:
+    """What a DICOM object is, with no patient or study field: safe to log, show and write."""
+
+    sop_class: str  # its name where known, else the UID
+    modality: str
+    rows: int
+    columns: int
+    frames: int
+    transfer_syntax: str
+
+    def describe(self) -> str:
+        """One line for a message or the page."""
+        frames = f", {self.frames} frames" if self.frames > 1 else ""
+        return f"{self.sop_class}, {self.modality or 'no modality'}, {self.columns}x{self.rows}{frames}"
+
+
+def _pydicom():
+    import pydicom
+
+    return pydicom
+
+
+def read_dataset(source: str | os.PathLike | bytes, name: str, stop_before_pixels: bool = False):
+    """The parsed object (pydicom `Dataset`); a file that is not DICOM, or is cut short, refused by name.
+
+    Raises:
+        ImageLoadError: not DICOM, truncated or unreadable; the message names `name` and no header field.
+    """
+    pydicom = _pydicom()
+    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        dataset = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels)
+    except pydicom.errors.InvalidDicomError as error:
+        raise ImageLoadError(f"{name} has a DICOM name but is not a DICOM file") from error
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        raise ImageLoadError(f"{name} is a truncated or corrupt DICOM file ({type(error).__name__})") from error
+    return dataset
+
+
+def summarize(dataset) -> DicomSummary:
+    """The safe fields of an object (`SAFE_FIELDS`)."""
+    sop = str(getattr(dataset, "SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
+    syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) if hasattr(dataset, "file_meta") else ""
+    return DicomSummary(
+        sop_class=SOP_CLASS_NAMES.get(sop, sop or "unknown SOP class"),
+        modality=str(getattr(dataset, "Modality", "") or ""),
+        rows=int(getattr(dataset, "Rows", 0) or 0),
+        columns=int(getattr(dataset, "Columns", 0) or 0),
+        frames=int(getattr(dataset, "NumberOfFrames", 1) or 1),
+        transfer_syntax=syntax,
+    )
+
+
+def check_image(dataset, name: str) -> DicomSummary:
+    """Refuse, by name and with the reason, what is not a colour image: a DICOMDIR, an object without pixels
+    (a structured report, a presentation state), monochrome or palette pictures.
+
+    Raises:
+        ImageLoadError: naming the file, its SOP class and what is missing.
+    """
+    summary = summarize(dataset)
+    sop = str(getattr(dataset, "SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop == DICOMDIR or "DirectoryRecordSequence" in dataset:
+        raise ImageLoadError(f"{name} is a DICOMDIR (an index of other files), not an image: give the files it lists")
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+        raise ImageLoadError(f"{name} ({summary.sop_class}) holds no Pixel Data: no image to segment")
+    photometric = str(getattr(dataset, "PhotometricInterpretation", ""))
+    if photometric not in COLOUR:
+        raise ImageLoadError(
+            f"{name} ({summary.sop_class}) has Photometric Interpretation {photometric or 'none'}: NeoPolyp reads "
+            f"colour endoscopy ({', '.join(COLOUR)})"
+        )
+    return summary
+
+
+def decode_frames(dataset, name: str, index: int | None = None) -> np.ndarray:
+    """The pixels as RGB uint8, N x H x W x 3 (or H x W x 3 for one `index`), as a viewer shows them.
+
+    Raises:
+        ImageLoadError: the transfer syntax needs a decoder that is not installed (named), or the data is cut short.
+    """
+    from pydicom.pixels import pixel_array
+
+    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    try:
+        # pydicom converts YBR to RGB (as_rgb) and honours the planar configuration.
+        pixels = pixel_array(dataset, index=index)
+    except (NotImplementedError, RuntimeError, ImportError) as error:
+        described, package = DECODER_PACKAGES.get(syntax, (syntax, None))
+        hint = f": pip install {package}" if package else ""
+        raise ImageLoadError(
+            f"{name} is compressed as {described} ({syntax}), which no installed decoder reads{hint}"
+        ) from error
+    except (ValueError, EOFError, OSError) as error:
+        raise ImageLoadError(f"{name} has truncated or corrupt pixel data ({type(error).__name__})") from error
+    if pixels.dtype != np.uint8:
+        bits = int(getattr(dataset, "BitsStored", 8) or 8)
+        pixels = (pixels.astype(np.uint32) >> max(0, bits - 8)).astype(np.uint8)  # high bits, as for 16-bit frames
+    return np.ascontiguousarray(pixels)
+
+
+def read_still(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[np.ndarray, DicomSummary]:
+    """A single-frame DICOM colour image as HxWx3 uint8 RGB, with its safe summary.
+
+    Raises:
+        ImageLoadError: not a single-frame colour image (each case named, see `check_image`); a multi-frame
+            object is refused with a pointer to the video path.
+    """
+    name = name or (f"'{Path(source).name}'" if isinstance(source, (str, os.PathLike)) else "the DICOM input")
+    dataset = read_dataset(source, name)
+    summary = check_image(dataset, name)
+    if summary.frames > 1:
+        raise ImageLoadError(
+            f"{name} ({summary.sop_class}) holds {summary.frames} frames: read it as a video "
+            "(predict.py --video, segment_video)"
+        )
+    return decode_frames(dataset, name, index=0 if "NumberOfFrames" in dataset else None), summary

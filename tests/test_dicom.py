@@ -1,0 +1,245 @@
+"""DICOM in, DICOM SEG out, and no patient field in any output. Every object is made here with pydicom,
+Pillow and PyAV, each with planted patient fields (helpers.PATIENT_FIELDS); no real patient data."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import (
+    PATIENT_FIELDS,
+    SECONDARY_CAPTURE,
+    corner,
+    dicom_object,
+    dicom_still,
+    dicom_video,
+    encode,
+    load_script,
+    marked_frame,
+)
+from PIL import Image
+
+from neopolyp_hf import ImageLoadError, load_image
+from neopolyp_hf.errors import VideoLoadError
+
+predict_script = load_script("predict")
+H264_MP4, H264_FRAGMENTABLE = "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1"
+
+
+def run_predict(*argv, capsys=None):
+    return predict_script.main(predict_script.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.mark.parametrize(
+    ("layout", "sop_class", "tolerance"),
+    [
+        ("explicit", None, 0),
+        ("implicit", None, 0),
+        ("planar", None, 0),
+        ("ybr", None, 2),
+        ("jpeg", None, None),  # against the same JPEG decoded by Pillow
+        ("explicit", SECONDARY_CAPTURE, 0),
+    ],
+)
+def test_a_dicom_still_is_the_picture_a_viewer_shows(layout, sop_class, tolerance, random_model, tmp_path):
+    rgb = marked_frame(96, 64)
+    rgb[..., 0] = np.linspace(0, 200, 96, dtype=np.uint8)[None]  # colour that a wrong YBR or planar read would move
+    path = dicom_still(tmp_path / "still.dcm", rgb, layout=layout, **({"sop_class": sop_class} if sop_class else {}))
+    frame = load_image(path)
+    expected = rgb
+    if tolerance is None:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=95)
+        expected, tolerance = np.asarray(Image.open(buffer).convert("RGB")), 0
+    assert frame.shape == rgb.shape and corner(frame) == "top-left"
+    assert np.abs(frame.astype(int) - expected).max() <= tolerance
+    Image.fromarray(expected if tolerance == 0 else frame).save(tmp_path / "same.png")  # YBR rounds by a level
+    np.testing.assert_array_equal(random_model.predict(path).mask, random_model.predict(tmp_path / "same.png").mask)
+    assert load_image(path.read_bytes()).shape == rgb.shape  # bytes too (an upload)
+
+
+def test_what_is_not_a_colour_still_is_refused_by_name(tmp_path):
+    rgb = marked_frame(32, 32)
+    cases = {
+        "report.dcm": ({"PixelData": None}, "holds no Pixel Data"),
+        "grey.dcm": ({"PhotometricInterpretation": "MONOCHROME2", "SamplesPerPixel": 1}, "MONOCHROME2"),
+        "palette.dcm": ({"PhotometricInterpretation": "PALETTE COLOR", "SamplesPerPixel": 1}, "PALETTE COLOR"),
+    }
+    for name, (fields, reason) in cases.items():
+        path = dicom_still(tmp_path / name, rgb, **fields)
+        with pytest.raises(ImageLoadError, match=rf"{name}'.*{reason}"):
+            load_image(path)
+    directory = dicom_object(tmp_path / "DICOMDIR.dcm", "1.2.840.10008.1.3.10", "1.2.840.10008.1.2.1", 1, 1)
+    with pytest.raises(ImageLoadError, match="is a DICOMDIR"):
+        load_image(directory)
+    htj2k = dicom_object(
+        tmp_path / "htj2k.dcm",
+        "1.2.840.10008.5.1.4.1.1.77.1.1",
+        "1.2.840.10008.1.2.4.201",
+        32,
+        32,
+        PixelData=__import__("pydicom.encaps").encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(60)]),
+    )
+    with pytest.raises(ImageLoadError, match=r"compressed as 1.2.840.10008.1.2.4.201.*no installed decoder"):
+        load_image(htj2k)
+    whole = dicom_still(tmp_path / "whole.dcm", rgb).read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(whole[: len(whole) - 600])
+    with pytest.raises(ImageLoadError, match="cut.dcm'.*(truncated|corrupt)"):
+        load_image(tmp_path / "cut.dcm")
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    (tmp_path / "photo.dcm").write_bytes((tmp_path / "photo.png").read_bytes())
+    with pytest.raises(ImageLoadError, match="'.*photo.dcm' has a DICOM name but is not a DICOM file"):
+        load_image(tmp_path / "photo.dcm")
+
+
+@pytest.fixture(scope="module")
+def clip_frames_rgb():
+    rng = np.random.default_rng(3)
+    base = rng.integers(40, 200, (64, 96, 3), dtype=np.uint8)
+    return [np.roll(base, 3 * index, axis=1) for index in range(12)]
+
+
+def raw_h264(frames, path: Path) -> bytes:
+    """A bare H.264 elementary stream (Annex B), as some converters store it: no container, no frame times."""
+    import av
+
+    container = av.open(str(path), "w", format="h264")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    for rgb in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path.read_bytes()
+
+
+def timeline(model_dir: Path, video: Path, out: Path) -> list[dict]:
+    run_predict("--model", model_dir, "--video", video, "--timeline", out)
+    with open(out) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture()
+def model_dir(random_model, tmp_path) -> Path:
+    random_model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize("variant", ["mp4", "elementary", "fragmentable"])
+def test_dicom_video_gives_the_timeline_of_the_same_clip(variant, clip_frames_rgb, model_dir, tmp_path):
+    mp4 = encode(tmp_path / "clip.mp4", clip_frames_rgb, fps=10)
+    if variant == "mp4":
+        stream, syntax = mp4.read_bytes(), H264_MP4
+    else:
+        stream = raw_h264(clip_frames_rgb, tmp_path / "clip.h264")
+        syntax = H264_FRAGMENTABLE if variant == "fragmentable" else H264_MP4
+    video = dicom_video(tmp_path / "procedure.dcm", stream, 64, 96, len(clip_frames_rgb), syntax, FrameTime=100.0)
+    expected = timeline(model_dir, mp4, tmp_path / "mp4.csv")
+    got = timeline(model_dir, video, tmp_path / "dicom.csv")
+    assert len(got) == len(expected) == 12
+    assert [row["time_s"] for row in got] == [row["time_s"] for row in expected]  # 0.1 s apart: the DICOM's rate
+    if variant == "mp4":  # the same bytes decoded: the same rows
+        assert got == expected
+
+
+def test_a_multi_frame_uncompressed_object_is_read_frame_by_frame(clip_frames_rgb, tmp_path):
+    from neopolyp_hf.video.io import probe_video, read_frames
+
+    pixels = np.stack(clip_frames_rgb[:5]).tobytes()
+    path = dicom_object(
+        tmp_path / "frames.dcm",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+        "1.2.840.10008.1.2.1",
+        64,
+        96,
+        PixelData=pixels,
+        NumberOfFrames=5,
+        FrameTimeVector=[0, 40, 40, 80, 40],
+    )
+    frames = list(read_frames(path))
+    assert [round(f.time, 3) for f in frames] == [0.0, 0.04, 0.08, 0.16, 0.2]
+    for frame, rgb in zip(frames, clip_frames_rgb[:5], strict=True):
+        np.testing.assert_array_equal(frame.rgb, rgb)
+    assert probe_video(path).width == 96
+    with pytest.raises(VideoLoadError, match="over the limit of 0.1 s"):
+        probe_video(path, max_seconds=0.1)
+
+
+def test_a_seg_round_trips_the_mask_and_references_its_source(model_dir, tmp_path):
+    import pydicom
+
+    from neopolyp_hf import NeoPolypUNet
+    from neopolyp_hf.dicom_seg.writer import read_seg_mask
+
+    images = tmp_path / "images"
+    images.mkdir()
+    still = dicom_still(images / "frame.dcm", marked_frame(96, 64), layout="jpeg")
+    run_predict(
+        "--model", model_dir, "--images", images, "--output", tmp_path / "s.csv", "--dicom-seg", tmp_path / "seg"
+    )
+    source = pydicom.dcmread(still)
+    (seg,) = (tmp_path / "seg").iterdir()
+    assert seg.name == f"{source.SOPInstanceUID}.seg.dcm"
+    mask, info = read_seg_mask(seg)
+    np.testing.assert_array_equal(mask, NeoPolypUNet.from_pretrained(model_dir).predict(still).mask)
+    assert info["labels"] == {1: "neoplastic polyp", 2: "non-neoplastic polyp"}
+    assert info["study"] == source.StudyInstanceUID and info["instances"] == [source.SOPInstanceUID]
+    assert info["series"] == [source.SeriesInstanceUID]
+
+
+def test_no_patient_field_reaches_an_output_or_a_log(clip_frames_rgb, model_dir, tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    dicom_still(images / "a.dcm", marked_frame(96, 64))
+    dicom_still(images / "b.dcm", marked_frame(96, 64), layout="jpeg")
+    out = tmp_path / "out"
+    run_predict(
+        "--model",
+        model_dir,
+        "--images",
+        images,
+        "--output",
+        out / "s.csv",
+        "--masks-dir",
+        out / "masks",
+        "--save-probabilities",
+        out / "probabilities",
+        "--dicom-seg",
+        tmp_path / "seg",
+    )
+    stream = raw_h264(clip_frames_rgb, tmp_path / "clip.h264")
+    video = dicom_video(tmp_path / "procedure.dcm", stream, 64, 96, 12, H264_MP4, FrameTime=100.0)
+    run_predict(
+        "--model",
+        model_dir,
+        "--video",
+        video,
+        "--output-video",
+        out / "overlay.mp4",
+        "--timeline",
+        out / "timeline.csv",
+        "--tracks",
+        out / "tracks.csv",
+        "--save-masks",
+        out / "frames",
+    )
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cut.dcm").write_bytes(video.read_bytes()[:3000])
+    with pytest.raises(SystemExit) as refused:
+        run_predict("--model", model_dir, "--video", broken / "cut.dcm", "--timeline", out / "t2.csv")
+    logs = capfd.readouterr()
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) >= 2 + 2 + 12 + 4
+    planted = [value.encode() for value in PATIENT_FIELDS.values()] + [b"Doe", b"Jane"]
+    for path in written:
+        content = path.read_bytes()
+        assert not [value for value in planted if value in content], path
+        assert not [value for value in planted if value.decode() in path.name]
+    for text in (logs.out, logs.err, str(refused.value)):
+        assert not [value for value in planted if value.decode() in text]

@@ -1,0 +1,156 @@
+"""Faults as they happen in the field: 16-bit frames, two files with one id, a full disk, a stopped job.
+Each input or event is made here; nothing half-written may stay behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import ROOT, load_script
+
+from neopolyp_hf import load_image
+
+predict_script = load_script("predict")
+
+
+def run_predict(*argv) -> Path:
+    return predict_script.main(predict_script.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture()
+def model_dir(random_model, tmp_path) -> Path:
+    random_model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16_bit_colour_array_is_the_frame_its_16_bit_png_is(channels, random_model, tmp_path):
+    rng = np.random.default_rng(channels)
+    colour = rng.integers(0, 65536, (48, 64, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "frame.png"), colour[..., ::-1])  # what a capture card's software saves
+    array = colour if channels == 3 else np.concatenate([colour, np.full((48, 64, 1), 65535, np.uint16)], axis=2)
+    np.testing.assert_array_equal(load_image(array), load_image(tmp_path / "frame.png"))
+    assert np.abs(load_image(array).astype(int) - colour / 257).max() <= 1  # the 8-bit scale of the same colours
+    prediction = random_model.predict(array)
+    np.testing.assert_array_equal(prediction.mask, random_model.predict(tmp_path / "frame.png").mask)
+
+
+def test_two_files_with_one_id_are_refused_by_name(model_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    frame = np.full((40, 40, 3), 120, np.uint8)
+    cv2.imwrite(str(images / "x.png"), frame)
+    cv2.imwrite(str(images / "x.tiff"), frame)
+    with pytest.raises(SystemExit, match=r"'x.png' and 'x.tiff' .* have the same id 'x'"):
+        run_predict("--model", model_dir, "--images", images, "--output", tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` mounted at `folder` (root only; the test skips, saying why, elsewhere)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_outputs(model_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):  # noise compresses badly: the masks and probabilities fill the disk
+        cv2.imwrite(str(images / f"f{index}.png"), rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    with small_disk(tmp_path / "disk", "400k") as disk:
+        with pytest.raises(SystemExit, match=r"no space left on device while writing '.*disk/"):
+            run_predict(
+                "--model",
+                model_dir,
+                "--images",
+                images,
+                "--output",
+                disk / "submission.csv",
+                "--masks-dir",
+                disk / "masks",
+                "--save-probabilities",
+                disk / "probabilities",
+            )
+        assert sorted(p.name for p in disk.rglob("*")) == []  # no mask, no folder, no temporary file
+
+
+def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(model_dir, tmp_path):
+    from neopolyp_hf.training.clips import write_clip
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    frames = [np.roll(base, shift, axis=1) for shift in range(600)]
+    clip = write_clip(tmp_path / "long.mp4", frames, fps=30.0)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "train" / "predict.py"),
+        "--model",
+        str(model_dir),
+        "--video",
+        str(clip),
+        "--output-video",
+        str(out / "overlay.mp4"),
+        "--save-masks",
+        str(out / "masks"),
+        "--backend",
+        "torch",
+    ]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job.poll() is None:
+        if (out / "masks").is_dir() and len(list((out / "masks").iterdir())) >= 5:
+            break
+        time.sleep(0.02)
+    assert job.poll() is None, f"the run ended before it could be stopped: {job.stderr.read().decode()[-500:]}"
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists() or sorted(p.name for p in out.rglob("*")) == []
+
+
+def test_a_variable_frame_rate_recording_keeps_its_frame_times(random_model, tmp_path):
+    """A browser MediaRecorder WebM: VP8 frames at irregular times. The overlay plays in the upload's time."""
+    import av
+
+    from neopolyp_hf.video.io import read_frames
+    from neopolyp_hf.video.pipeline import write_video_outputs
+
+    rng = np.random.default_rng(2)
+    times = np.cumsum(np.r_[0.0, rng.uniform(0.03, 0.4, size=24)])  # 25 frames over several seconds
+    upload = tmp_path / "recording.webm"
+    container = av.open(str(upload), "w", format="webm")
+    stream = container.add_stream("libvpx", rate=30)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    stream.codec_context.time_base = Fraction(1, 1000)  # MediaRecorder stamps frames in milliseconds
+    for time_s in times:
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = round(time_s * 1000), Fraction(1, 1000)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    written = write_video_outputs(random_model, upload, output_video=tmp_path / "overlay.mp4").files["video"]
+    uploaded = [frame.time for frame in read_frames(upload)]
+    overlaid = [frame.time for frame in read_frames(written)]
+    assert len(overlaid) == len(uploaded) == 25
+    assert np.abs(np.array(overlaid) - np.array(uploaded)).max() < 0.002  # each frame at its own time
+    assert abs(overlaid[-1] - times[-1]) < 0.002  # so the overlay lasts as long as the upload
