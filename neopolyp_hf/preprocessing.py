@@ -6,6 +6,7 @@ Training (from its resized cache), `predict`, the CLI tools and the app all go t
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -15,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .dicom import is_dicom, read_still
 from .errors import ImageLoadError
@@ -29,6 +30,7 @@ ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 # Ghostscript, FITS, PSD, ...) are attack surface with no use here.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 ORIENTATION_TAG = 0x0112  # EXIF
+SRGB_PROFILE = ImageCms.createProfile("sRGB")
 # File extensions of what load_image reads (a DICOM file is also known by its content, whatever its name).
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".dcm")
 
@@ -39,10 +41,29 @@ def _describe(source: ImageInput) -> str:
     return f"the {type(source).__name__} input"
 
 
+@functools.lru_cache(maxsize=8)
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from an embedded ICC profile to sRGB (built once per profile), or None where the profile
+    is sRGB already or cannot be read (then the pixels are taken as sRGB, as a browser does)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).replace(" ", "").lower():
+            return None  # the common case, and a near-identity: spared the per-pixel work
+        return ImageCms.buildTransform(source, SRGB_PROFILE, mode, mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+
+
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to an HxWx3 uint8 array."""
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to an HxWx3 uint8 array, in sRGB: an embedded
+    ICC profile (Display P3, Adobe RGB, ...) is converted from, so the model sees what a viewer shows."""
     if image.getexif().get(ORIENTATION_TAG, 1) != 1:  # exif_transpose copies even upright frames
         image = ImageOps.exif_transpose(image)
+    profile = image.info.get("icc_profile")
+    if profile and image.mode in ("RGB", "RGBA"):
+        transform = _to_srgb(profile, image.mode)
+        if transform is not None:
+            image = ImageCms.applyTransform(image, transform)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float images: scale their own range to 8 bits rather than clipping.
         array = np.asarray(image, dtype=np.float64)

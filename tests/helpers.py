@@ -197,3 +197,43 @@ def dicom_video(path: Path, stream: bytes, rows: int, columns: int, frames: int,
 
     fields = {"PhotometricInterpretation": "YBR_PARTIAL_420", "NumberOfFrames": frames, **fields}
     return dicom_object(path, VIDEO_ENDOSCOPIC, syntax, rows, columns, **{"PixelData": encapsulate([stream]), **fields})
+
+
+def icc_profile(red, green, blue, gamma: float = 2.2, name: str = "Test RGB") -> bytes:
+    """A minimal ICC v2 display profile (matrix/TRC) from its primaries' XYZ (D50-adapted) and one gamma, made
+    byte by byte, so tests need no profile file: Display P3 and Adobe RGB differ from sRGB by their primaries."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(v) for v in values)
+
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    text = name.encode("ascii") + b"\0"
+    description = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 12 + b"\0" * 67
+    tags = [
+        (b"desc", description),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz(blue)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"cprt", b"text\0\0\0\0" + b"none\0"),
+    ]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I", size) + b"none" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+    header += b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# Display P3 and Adobe RGB (1998) primaries as XYZ under D50, as their published profiles give them.
+DISPLAY_P3 = ((0.5151, 0.2412, -0.0011), (0.2920, 0.6922, 0.0419), (0.1571, 0.0666, 0.7841))
+ADOBE_RGB = ((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446))

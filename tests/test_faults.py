@@ -154,3 +154,84 @@ def test_a_variable_frame_rate_recording_keeps_its_frame_times(random_model, tmp
     assert len(overlaid) == len(uploaded) == 25
     assert np.abs(np.array(overlaid) - np.array(uploaded)).max() < 0.002  # each frame at its own time
     assert abs(overlaid[-1] - times[-1]) < 0.002  # so the overlay lasts as long as the upload
+
+
+SRGB_D50 = np.array([(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)])  # rXYZ, gXYZ, bXYZ
+
+
+def _srgb_reference(rgb: np.ndarray, primaries, gamma: float) -> np.ndarray:
+    """The slow reference: gamma-encoded values in a profile's primaries -> XYZ (D50) -> sRGB, in plain numpy."""
+    linear = (rgb / 255.0) ** gamma
+    xyz = linear @ np.array(primaries)
+    srgb_linear = np.clip(xyz @ np.linalg.inv(SRGB_D50), 0, 1)
+    encoded = np.where(srgb_linear <= 0.0031308, 12.92 * srgb_linear, 1.055 * srgb_linear ** (1 / 2.4) - 0.055)
+    return np.round(encoded * 255)
+
+
+@pytest.mark.parametrize("space", ["display-p3", "adobe-rgb"])
+def test_a_frame_with_a_wide_gamut_profile_is_read_as_the_srgb_a_viewer_shows(space, tmp_path):
+    from helpers import ADOBE_RGB, DISPLAY_P3, icc_profile
+    from PIL import Image
+
+    primaries = DISPLAY_P3 if space == "display-p3" else ADOBE_RGB
+    colours = np.array([[[200, 120, 100], [90, 160, 110], [128, 128, 128], [60, 70, 180]]], np.uint8)
+    frame = np.repeat(np.repeat(colours, 16, axis=0), 16, axis=1)
+    tagged = tmp_path / f"{space}.png"
+    Image.fromarray(frame).save(tagged, icc_profile=icc_profile(*primaries, gamma=2.2, name=space))
+    read = load_image(tagged)
+    expected = _srgb_reference(colours[0].astype(float), primaries, 2.2)
+    assert np.abs(read[8, 8::16].astype(int) - expected).max() <= 2  # LittleCMS against the plain formulas
+    assert np.abs(read.astype(int) - frame).max() >= 5  # and the profile did matter: the issue's 5-7 levels
+    Image.fromarray(frame).save(tmp_path / "untagged.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "untagged.png"), frame)  # no profile: sRGB as it is
+
+
+def _bt2100_hlg_to_srgb(signal: np.ndarray) -> np.ndarray:
+    """The slow reference for one HLG BT.2020 colour: BT.2100 inverse OETF and OOTF (1000 cd/m2), BR.2408's
+    203 cd/m2 as SDR white, BT.2087's matrix to BT.709, the roll-off above 0.8, the sRGB curve."""
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    scene = np.array([s * s / 3 if s <= 0.5 else (np.exp((s - c) / a) + b) / 12 for s in signal])
+    display = 1000 * (scene @ [0.2627, 0.6780, 0.0593]) ** 0.2 * scene / 203
+    bt709 = np.maximum(
+        np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]) @ display, 0
+    )
+    luma = bt709 @ [0.2126, 0.7152, 0.0722]
+    rolled = luma if luma <= 0.8 else 0.8 + 0.2 * (1 - np.exp(-(luma - 0.8) / 0.2))
+    sdr = np.clip(bt709 * rolled / luma, 0, 1)
+    return np.round(255 * np.where(sdr <= 0.0031308, 12.92 * sdr, 1.055 * sdr ** (1 / 2.4) - 0.055))
+
+
+def test_an_hlg_hdr_clip_is_tone_mapped_to_sdr(random_model, tmp_path):
+    """An iPhone-style HDR clip: HEVC Main 10, BT.2020, HLG. Flat patches of known HLG signal values."""
+    import av
+
+    from neopolyp_hf.video.io import probe_video, read_frames
+
+    patches = np.array([[0.75, 0.75, 0.75], [0.5, 0.5, 0.5], [0.6, 0.3, 0.3], [0.3, 0.6, 0.3]])
+    signal = np.zeros((64, 128, 3))
+    for index, value in enumerate(patches):
+        signal[:, 32 * index : 32 * (index + 1)] = value
+    clip = tmp_path / "hdr.mp4"
+    container = av.open(str(clip), "w")
+    stream = container.add_stream("libx265", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p10le"
+    stream.options = {
+        "x265-params": "log-level=error:colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:crf=8"
+    }
+    for _ in range(3):
+        frame = av.VideoFrame.from_ndarray(np.round(signal * 65535).astype(np.uint16), format="rgb48le")
+        for packet in stream.encode(frame.reformat(format="yuv420p10le", dst_colorspace="bt2020")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    assert probe_video(clip).hdr == "HLG"
+    rgb = next(iter(read_frames(clip))).rgb
+    for index, value in enumerate(patches):
+        expected = _bt2100_hlg_to_srgb(value)
+        assert np.abs(rgb[32, 32 * index + 16].astype(int) - expected).max() <= 3, (value, rgb[32, 32 * index + 16])
+    assert rgb[32, 16].min() >= 240  # HLG reference white (75 %) comes out as SDR white, not washed-out grey
+    written = __import__("neopolyp_hf.video.pipeline", fromlist=["x"]).write_video_outputs(
+        random_model, clip, output_video=tmp_path / "overlay.mp4"
+    )
+    assert written.frames == 3

@@ -23,6 +23,7 @@ from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rl
 from neopolyp_hf.atomic import exit_on_sigterm, prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.dicom import is_dicom
+from neopolyp_hf.dicom_seg.writer import SEG_SUFFIX
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.preprocessing import IMAGE_EXTENSIONS
@@ -190,6 +191,13 @@ def predict_video(args: argparse.Namespace) -> dict:
     return outputs.files
 
 
+def dicom_uid(path: Path) -> str:
+    """A DICOM file's SOP Instance UID (the name of its SEG), read from its header alone."""
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
 def write_dicom_seg(source: Path, mask, folder: Path, info) -> Path:
     """The DICOM SEG of a DICOM still's mask, named by the still's SOP Instance UID (never a patient field)."""
     from importlib import metadata
@@ -218,12 +226,16 @@ def predict_images(args, backend, info, images, ids, bad, masks_dir, probabiliti
             )
             for image_id, prediction in zip(chunk, predictions, strict=True):
                 rows[image_id] = [rle_encode(prediction.mask == c) for c in POLYP_CLASSES]
+                # Each output is listed before it is written, so a signal in the middle of one still removes it.
                 if masks_dir:
-                    written.append(save_mask_png(prediction.mask, masks_dir / f"{image_id}.png"))
+                    written.append(masks_dir / f"{image_id}.png")
+                    save_mask_png(prediction.mask, written[-1])
                 if probabilities_dir:
-                    written.append(save_probabilities(prediction, probabilities_dir / f"{image_id}.npz"))
+                    written.append(probabilities_dir / f"{image_id}.npz")
+                    save_probabilities(prediction, written[-1])
                 if seg_dir and is_dicom(images[image_id]):
-                    written.append(write_dicom_seg(images[image_id], prediction.mask, seg_dir, info))
+                    written.append(seg_dir / f"{dicom_uid(images[image_id])}{SEG_SUFFIX}")
+                    write_dicom_seg(images[image_id], prediction.mask, seg_dir, info)
             bar.update(len(chunk))
 
     buffer = io.StringIO()

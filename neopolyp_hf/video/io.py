@@ -18,6 +18,7 @@ from ..atomic import prepare_output
 from ..dicom import is_dicom
 from ..errors import VideoLoadError
 from ..preprocessing import DEFAULT_MAX_PIXELS
+from .hdr import HDR_TRANSFERS, hdr_frame_to_rgb, hdr_transfer
 
 DEFAULT_MAX_SECONDS = 60.0
 # x264 presets trade encoding time for file size at the same quality. On 2 cores at 960x736,
@@ -56,6 +57,7 @@ class VideoInfo:
     fps: float
     duration_s: float | None  # None where the container does not say
     codec: str
+    hdr: str | None = None  # "HLG" or "PQ": its frames are tone-mapped to SDR (`neopolyp_hf.video.hdr`)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ def probe_video(
         elif container.duration is not None:
             duration = container.duration / 1_000_000
         codec = stream.codec_context.name
+        hdr = HDR_TRANSFERS.get(int(getattr(stream.codec_context, "color_trc", 0) or 0))
     finally:
         container.close()
     if not width or not height:
@@ -153,7 +156,7 @@ def probe_video(
         raise VideoLoadError(f"'{name}' has {width}x{height} frames, over the limit of {max_pixels:,} pixels")
     if max_seconds is not None and duration is not None and duration > max_seconds:
         raise VideoLoadError(f"'{name}' lasts {duration:.1f} s, over the limit of {max_seconds:g} s")
-    return VideoInfo(width, height, fps, duration, codec)
+    return VideoInfo(width, height, fps, duration, codec, hdr)
 
 
 def read_frames(
@@ -192,7 +195,9 @@ def read_frames(
                         f"'{name}' frame {count} is {frame.width}x{frame.height}: a side under the minimum of "
                         f"{MIN_FRAME_SIDE} px"
                     )
-                rgb = upright(frame.to_ndarray(format="rgb24"), frame.rotation, stream.sample_aspect_ratio)
+                # HDR (HLG, PQ) frames are tone-mapped to SDR BT.709 first: the model and the overlay see SDR.
+                pixels = hdr_frame_to_rgb(frame) if hdr_transfer(frame) else frame.to_ndarray(format="rgb24")
+                rgb = upright(pixels, frame.rotation, stream.sample_aspect_ratio)
                 yield Frame(count, time, rgb)
                 count += 1
         except av.FFmpegError as error:

@@ -193,11 +193,8 @@ def write_video_outputs(
                 overlaid = overlay_mask(result.frame, result.mask, config["class_colors"], opacity)
                 writer.write(np.asarray(overlaid), result.time)  # each frame at its own time: variable rate kept
             if masks_dir:
-                written.append(
-                    save_mask_png(
-                        result.mask, Path(masks_dir) / f"frame_{result.index:06d}.png", config["class_colors"]
-                    )
-                )
+                written.append(Path(masks_dir) / f"frame_{result.index:06d}.png")  # before it exists: a signal
+                save_mask_png(result.mask, written[-1], config["class_colors"])  # mid-write leaves it listed
             rows.append(timeline_row(result))
             if progress is not None:
                 progress(len(rows), total)
