@@ -14,9 +14,11 @@ only), and Gradio's GRADIO_SERVER_NAME / _PORT.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import gradio as gr
@@ -27,6 +29,7 @@ from PIL import Image
 
 from neopolyp_hf import ImageLoadError, ModelSourceError
 from neopolyp_hf.atomic import write_atomic
+from neopolyp_hf.dicom import is_dicom, read_dataset
 from neopolyp_hf.errors import ConfigError, NeoPolypError
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import load_segmenter
@@ -37,6 +40,7 @@ from neopolyp_hf.serving.space import (
     KeptPrediction,
     OutputStore,
     class_color_map,
+    dicom_note,
     frame_sentences,
     legend_html,
     lesion_rows,
@@ -44,6 +48,7 @@ from neopolyp_hf.serving.space import (
     parse_size,
     percentages_sentences,
     percentages_summary,
+    start_cache_sweeper,
     timeline_plot_rows,
     track_table,
     uncertainty_scale_html,
@@ -66,9 +71,9 @@ def setting(variable: str, default, unit: str, parse=int):
         return default
     try:
         number = parse(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         number = None
-    if number is None or number <= 0:
+    if number is None or not math.isfinite(number) or number <= 0:  # nan and inf would switch a limit off
         sys.exit(f"NeoPolyp cannot start: {variable}={value!r} must be a positive number of {unit}")
     return number
 
@@ -93,6 +98,13 @@ try:
     )
 except ModelSourceError as error:
     sys.exit(f"NeoPolyp cannot start: {error}")
+
+# The model as the page and the SEG name it: a Hub id, or a local folder's own name (never the server's path).
+MODEL_NAME = INFO.source if not os.path.exists(INFO.source) else Path(INFO.source).name
+try:
+    SOFTWARE_VERSION = metadata.version("neopolyp-hf")
+except metadata.PackageNotFoundError:
+    SOFTWARE_VERSION = "unknown"
 
 try:  # ZeroGPU Spaces hand out the GPU per call.
     import spaces
@@ -205,7 +217,7 @@ def predict_page(upload: dict | None, tta: bool, opacity: float, uncertainty_ope
         gr.Warning(str(problem))
         return None, None, [], None, str(problem), None, gr.File(value=None, visible=False)
     uncertainty = show_uncertainty(kept) if uncertainty_open else None
-    sentences = percentages_sentences(percentages)
+    sentences = dicom_note(upload.get("path")) + percentages_sentences(percentages)
     return overlay, percentages, rows, kept, sentences, uncertainty, gr.File(value=None, visible=False)
 
 
@@ -241,6 +253,36 @@ def mask_file(kept: KeptPrediction | None):
     return gr.File(value=str(path), visible=True)
 
 
+def seg_file(kept: KeptPrediction | None):
+    """The last prediction as a DICOM SEG over its DICOM source (two segments), written only when asked for."""
+    from neopolyp_hf.dicom_seg.writer import build_seg
+
+    if kept is None or not is_dicom(kept.image_path):
+        gr.Warning("A DICOM SEG is made over a DICOM still: segment a .dcm upload first.")
+        return gr.File(value=None, visible=False)
+    try:
+        source = read_dataset(kept.image_path, "the upload")
+        seg = build_seg(source, kept.mask, MODEL_NAME, INFO.revision, SOFTWARE_VERSION)
+    except (NeoPolypError, ImportError) as error:
+        raise gr.Error(f"No DICOM SEG: {error}", print_exception=False) from error
+    path = OUTPUTS.save("neopolyp_seg", ".dcm", lambda path: write_atomic(path, lambda tmp: seg.save_as(tmp)))
+    return gr.File(value=str(path), visible=True)
+
+
+@gpu
+def predict_seg(upload: dict | None):
+    """The /predict_seg API: a DICOM still in, its DICOM SEG out; anything else is an error naming the problem."""
+    if upload and upload.get("path") and not is_dicom(upload["path"]):
+        raise gr.Error(
+            "A DICOM SEG is made over a DICOM still (.dcm): this upload is not DICOM.", print_exception=False
+        )
+    try:
+        *_, kept = segment_image(upload, False, 0.5)
+    except UploadProblem as problem:
+        raise gr.Error(str(problem), print_exception=False) from None
+    return seg_file(kept)
+
+
 def segment_clip(upload, progress):
     """Segment a clip with lesion tracking: the overlaid MP4, the timeline plot's rows and the track table.
     Length and frame size are checked before any frame is decoded."""
@@ -265,7 +307,7 @@ def segment_clip(upload, progress):
         return runs[-1].files["video"]
 
     try:
-        probe_video(path, MAX_PIXELS, MAX_VIDEO_SECONDS)
+        info = probe_video(path, MAX_PIXELS, MAX_VIDEO_SECONDS)
         clip = OUTPUTS.save("neopolyp_video", ".mp4", write)
     except (NeoPolypError, ValueError) as error:
         raise UploadProblem(f"Cannot segment this video: {str(error).replace(path, Path(path).name)}") from error
@@ -273,14 +315,18 @@ def segment_clip(upload, progress):
     timeline = pd.DataFrame(
         timeline_plot_rows(run.timeline), columns=["time (s)", "polyp pixels (% of frame)", "class"]
     )
-    return str(clip), timeline, pd.DataFrame(track_table(run.tracks, run.timeline), columns=TRACK_TABLE_HEADERS)
+    notes = dicom_note(path) + (
+        f"HDR ({info.hdr}) clip: tone-mapped to SDR for the model and the overlay." if info.hdr else ""
+    )
+    tracks = pd.DataFrame(track_table(run.tracks, run.timeline), columns=TRACK_TABLE_HEADERS)
+    return str(clip), timeline, tracks, notes
 
 
 @gpu
 def predict_video(upload, progress=gr.Progress()):
     """The /predict_video API; a bad clip is an error naming the problem."""
     try:
-        return segment_clip(upload, progress)
+        return segment_clip(upload, progress)[:3]
     except UploadProblem as problem:
         raise gr.Error(str(problem), print_exception=False) from None
 
@@ -292,7 +338,7 @@ def predict_video_page(upload, progress=gr.Progress()):
         return segment_clip(upload, progress)
     except UploadProblem as problem:
         gr.Warning(str(problem))
-        return None, None, None
+        return None, None, None, str(problem)
 
 
 @gpu
@@ -325,7 +371,9 @@ UNCERTAINTY_HELP = (
     f"{MODEL.config['uncertain_range']}."
 )
 
-with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_SECONDS // 2), CACHE_SECONDS)) as demo:
+# No delete_cache: Gradio's sweep deletes uploads by age alone, queued ones too; start_cache_sweeper keeps what a
+# pending request holds.
+with gr.Blocks(title="NeoPolyp: polyp segmentation") as demo:
     gr.Markdown("# NeoPolyp\nSegments colonoscopy frames into neoplastic and non-neoplastic polyp pixels.")
     gr.Markdown(NOTICE, elem_id="notice")
     if INFO.synthetic:
@@ -336,6 +384,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         with gr.Row():
             with gr.Column():
                 image_input = gr.Image(label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input")
+                dicom_input = gr.File(label="... or a DICOM still (.dcm)", file_types=[".dcm"], elem_id="dicom-input")
                 tta_input = gr.Checkbox(label="Flip test-time augmentation (3x slower, steadier)", value=False)
                 opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 run_button = gr.Button("Segment", variant="primary", elem_id="run")
@@ -357,6 +406,8 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
                 percentages_output = gr.JSON(label="Polyp pixels (%)", elem_id="percentages", visible=False)
                 mask_button = gr.Button("Make the mask PNG (lossless)", elem_id="make-mask")
                 mask_output = gr.File(label="Mask (PNG)", visible=False, elem_id="mask-file")
+                seg_button = gr.Button("Make the DICOM SEG (of a .dcm still)", elem_id="make-seg")
+                seg_output = gr.File(label="DICOM SEG", visible=False, elem_id="seg-file")
         lesions_output = gr.Dataframe(
             headers=LESION_HEADERS,
             label=f"Lesions (connected polyp regions of at least {MODEL.config.get('min_lesion_area', 0)} px)",
@@ -373,9 +424,13 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         with gr.Row():
             with gr.Column():
                 video_input = gr.Video(label="Colonoscopy clip", sources=["upload"], elem_id="video-input")
+                dicom_video_input = gr.File(
+                    label="... or a DICOM video (.dcm)", file_types=[".dcm"], elem_id="dicom-video-input"
+                )
                 video_button = gr.Button("Segment the clip", variant="primary", elem_id="run-video")
             with gr.Column():
                 video_output = gr.Video(label="Overlaid clip", elem_id="video-output")
+                video_note = gr.Markdown(elem_id="video-note")
         timeline_output = gr.LinePlot(
             x="time (s)",
             y="polyp pixels (% of frame)",
@@ -411,7 +466,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
                 gr.HTML(legend_html("camera-legend"))
                 camera_summary = gr.Markdown(elem_id="camera-summary")
     gr.Markdown(
-        f"Model: `{INFO.source}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "
+        f"Model: `{MODEL_NAME}` · revision: `{INFO.revision}` · backend: `{INFO.backend}` on `{INFO.device}` "
         f"({INFO.precision}) · input {MODEL.config['input_size']} px, "
         f"trained on: {', '.join(INFO.datasets) or 'unknown'}",
         elem_id="model-info",
@@ -419,21 +474,23 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
 
     # The page and the API are two events: the page clears a failed request's outputs and shows a notice,
     # the API answers with an error (a hidden button carries its endpoint).
-    run_button.click(
-        predict_page,
-        inputs=[image_input, tta_input, opacity_input, uncertainty_open],
-        outputs=[
-            overlay_output,
-            percentages_output,
-            lesions_output,
-            kept_prediction,
-            summary_output,
-            uncertainty_output,
-            mask_output,
-        ],
-        preprocess=False,
-        api_visibility="private",
-    )
+    image_outputs = [
+        overlay_output,
+        percentages_output,
+        lesions_output,
+        kept_prediction,
+        summary_output,
+        uncertainty_output,
+        mask_output,
+    ]
+    for image_source, trigger in ((image_input, run_button.click), (dicom_input, dicom_input.upload)):
+        trigger(
+            predict_page,
+            inputs=[image_source, tta_input, opacity_input, uncertainty_open],
+            outputs=image_outputs,
+            preprocess=False,
+            api_visibility="private",
+        )
     api_image_button = gr.Button(visible=False)
     api_image_button.click(
         predict,
@@ -449,13 +506,14 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
         api_visibility="private",
     )
     segmentation_tab.select(lambda: False, outputs=uncertainty_open, api_visibility="private")
-    video_button.click(
-        predict_video_page,
-        inputs=video_input,
-        outputs=[video_output, timeline_output, tracks_output],
-        preprocess=False,
-        api_visibility="private",
-    )
+    for video_source, trigger in ((video_input, video_button.click), (dicom_video_input, dicom_video_input.upload)):
+        trigger(
+            predict_video_page,
+            inputs=video_source,
+            outputs=[video_output, timeline_output, tracks_output, video_note],
+            preprocess=False,
+            api_visibility="private",
+        )
     api_video_button = gr.Button(visible=False)
     api_video_button.click(
         predict_video,
@@ -477,6 +535,9 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
     mask_button.click(
         mask_file, inputs=kept_prediction, outputs=mask_output, api_name="mask_file", api_visibility="private"
     )
+    seg_button.click(seg_file, inputs=kept_prediction, outputs=seg_output, api_visibility="private")
+    api_seg_button = gr.Button(visible=False)
+    api_seg_button.click(predict_seg, inputs=dicom_input, outputs=seg_output, api_name="predict_seg", preprocess=False)
     opacity_input.release(
         rerender, inputs=[kept_prediction, opacity_input], outputs=overlay_output, api_visibility="private"
     )
@@ -486,6 +547,7 @@ with gr.Blocks(title="NeoPolyp: polyp segmentation", delete_cache=(max(1, CACHE_
 demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
 
 if __name__ == "__main__":
+    start_cache_sweeper(demo, every=max(1, CACHE_SECONDS // 2), age=CACHE_SECONDS)
     demo.launch(
         ssr_mode=False,
         allowed_paths=[str(EXAMPLES_DIR)] + ([OPERATOR_EXAMPLES] if OPERATOR_EXAMPLES else []),

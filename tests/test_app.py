@@ -245,17 +245,27 @@ def test_the_page_takes_its_colours_and_names_from_the_one_class_table(served):
     assert props["tracks"]["headers"][4] == "first seen (s)"
 
 
-def test_a_size_setting_that_is_not_one_stops_start_up_naming_the_variable(tmp_path):
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("NEOPOLYP_MAX_FILE_SIZE", "fifty", "NEOPOLYP_MAX_FILE_SIZE='fifty' is not a size"),
+        ("NEOPOLYP_MAX_FILE_SIZE", "inf", "NEOPOLYP_MAX_FILE_SIZE='inf' is not a size"),
+        ("NEOPOLYP_MAX_VIDEO_SECONDS", "nan", "NEOPOLYP_MAX_VIDEO_SECONDS='nan' must be a positive number of seconds"),
+        ("NEOPOLYP_QUEUE_SIZE", "inf", "NEOPOLYP_QUEUE_SIZE='inf' must be a positive number of requests"),
+    ],
+)
+def test_a_setting_that_is_not_one_stops_start_up_naming_the_variable(variable, value, message, tmp_path):
+    """nan once passed the check and switched the video length limit off; inf ended in an OverflowError."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "app.py")],
-        env={**os.environ, "NEOPOLYP_MODEL": str(tmp_path / "unused"), "NEOPOLYP_MAX_FILE_SIZE": "fifty"},
+        env={**os.environ, "NEOPOLYP_MODEL": str(tmp_path / "unused"), variable: value},
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "NEOPOLYP_MAX_FILE_SIZE='fifty' is not a size" in result.stderr and "e.g. 50MB" in result.stderr
+    assert message in result.stderr
 
 
 @pytest.mark.slow
@@ -454,5 +464,82 @@ def test_sessions_beyond_the_cap_are_dropped_least_recently_used_first(
         assert any("Segment an image first" in str(log) for log in dropped["logs"]), dropped  # a notice says why
         kept = _call_page_event(url, clients[2].session_hash, "mask_file", [None])
         assert kept["output"]["data"][0]["visible"], kept  # the newest is still there
+    finally:
+        stop_app(process)
+
+
+@pytest.mark.slow
+def test_dicom_uploads_are_read_and_give_a_seg_with_no_patient_field(client, served, small_clip, tmp_path):
+    from gradio_client import handle_file
+    from helpers import PATIENT_FIELDS, dicom_still, dicom_video
+
+    from neopolyp_hf.dicom_seg.writer import read_seg_mask
+
+    still = dicom_still(tmp_path / "frame.dcm", marked_frame(96, 64), layout="jpeg")
+    answers = [_call(client, still)]
+    segmenter, _ = load_segmenter(str(served[1]))
+    assert answers[0][1] == percentages_summary(segmenter.predict(still))
+    seg = client.predict(handle_file(str(still)), api_name="/predict_seg")
+    mask, info = read_seg_mask(seg["value"] if isinstance(seg, dict) else seg)
+    np.testing.assert_array_equal(mask, segmenter.predict(still).mask)
+    assert info["labels"] == {1: "neoplastic polyp", 2: "non-neoplastic polyp"}
+    video = dicom_video(tmp_path / "procedure.dcm", small_clip.read_bytes(), 120, 160, 16, "1.2.840.10008.1.2.4.102")
+    answers.append(client.predict(handle_file(str(video)), api_name="/predict_video"))
+    assert len(answers[-1][1]["data"]) == 2 * 16  # a point per frame and polyp class
+    refusals = (
+        (
+            "/predict",
+            dicom_still(
+                tmp_path / "grey.dcm", marked_frame(32, 32), PhotometricInterpretation="MONOCHROME2", SamplesPerPixel=1
+            ),
+            "MONOCHROME2",
+        ),
+        ("/predict_video", dicom_still(tmp_path / "report.dcm", marked_frame(32, 32), PixelData=None), "no Pixel Data"),
+        ("/predict_seg", small_clip, "not DICOM"),
+    )
+    messages = []
+    for endpoint, upload, reason in refusals:
+        with pytest.raises(Exception, match=reason) as refused:
+            client.predict(handle_file(str(upload)), api_name=endpoint)
+        messages.append(str(refused.value))
+    served[2].log.seek(0)
+    files = [
+        Path(answers[0][0]).read_bytes(),
+        Path(answers[1][0]["video"] if isinstance(answers[1][0], dict) else answers[1][0]).read_bytes(),
+    ]
+    for text in [json.dumps(answers, default=str), *messages, served[2].log.read()]:
+        assert not [v for v in PATIENT_FIELDS.values() if v in text]
+    for content in files:
+        assert not [v for v in PATIENT_FIELDS.values() if v.encode() in content]
+
+
+@pytest.mark.slow
+def test_queued_clips_keep_their_uploads_however_long_they_wait(trained_model_dir, clip_scenes, tmp_path):
+    """Ten clips at once, two at a time, with a one-second cache: the later ones wait many cache periods in the
+    queue, and each is still answered (the sweep once deleted queued uploads: "video ... does not exist")."""
+    from gradio_client import Client, handle_file
+
+    from neopolyp_hf.training.clips import clip_frames, write_clip
+
+    temp = tmp_path / "gradio-temp"
+    clip = write_clip(tmp_path / "clip.mp4", [f for _, f, _ in clip_frames(clip_scenes, 24, (320, 240))], fps=8.0)
+    process, url = start_app(
+        {
+            "NEOPOLYP_MODEL": str(trained_model_dir / "best"),
+            "NEOPOLYP_CACHE_SECONDS": "1",
+            "NEOPOLYP_MAX_VIDEO_SECONDS": "60",
+            "GRADIO_TEMP_DIR": str(temp),
+        }
+    )
+    try:
+        client = Client(url, verbose=False)
+        jobs = [client.submit(handle_file(str(clip)), api_name="/predict_video") for _ in range(10)]
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(lambda job: job.result(timeout=300), jobs))
+        assert [len(r[1]["data"]) for r in results] == [2 * 48] * 10  # every clip answered, a point per frame
+        deadline = time.time() + 30  # and the sweep still clears what is no longer held
+        while [p for p in temp.rglob("*.mp4")] and time.time() < deadline:
+            time.sleep(0.5)
+        assert not [p for p in temp.rglob("*.mp4")]
     finally:
         stop_app(process)

@@ -206,3 +206,20 @@ def test_listing_an_archive_by_glob_and_bad_settings(archive, tmp_path):
         run_batch(archive, "--model", "m", "--output", tmp_path, "--workers", "0")
     with pytest.raises(SystemExit, match="does not exist"):
         run_batch(tmp_path / "nothing", "--model", "m", "--output", tmp_path)
+
+
+def test_a_procedure_whose_worker_died_every_try_is_committed_as_an_error_naming_it(tmp_path):
+    """What Ray Data hands back after a worker killed by the memory monitor on each of its tries: nothing for
+    that procedure. The run names it in errors (and counts it), so a rerun does not loop on it."""
+    from neopolyp_hf.batch.cli import commit_lost
+    from neopolyp_hf.batch.inputs import Procedure
+    from neopolyp_hf.batch.worker import BatchSettings
+
+    settings = BatchSettings(output=str(tmp_path), model="m", extras=("site",))
+    lost = Procedure("P-9", "/archive/huge.mp4", "video", ("/archive/huge.mp4",), {"site": "north"})
+    assert commit_lost(settings, [lost], tries=3) == 1
+    (error,) = table(tmp_path, "errors").to_pylist()
+    assert error["procedure_id"] == "P-9" and "huge.mp4" in error["reason"] and "out of memory" in error["reason"]
+    assert error["site"] == "north"
+    assert tables.committed(tmp_path) == {tables.procedure_key("P-9"): "error"}
+    assert commit_lost(settings, [lost], tries=3) == 0  # committed once: never twice

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ..classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
-from ..errors import ConfigError
+from ..dicom import is_dicom, read_dataset, summarize
+from ..errors import ConfigError, NeoPolypError
 from ..inference import Prediction, uncertainty_colors, uncertainty_levels, uncertainty_view
 from ..masks import overlay_mask, polyp_box
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
@@ -276,9 +280,77 @@ def parse_size(variable: str, value: str) -> int:
         amount = float(number)
     except ValueError:
         amount = -1.0
-    if unit not in SIZE_UNITS or not amount > 0 or amount != amount:
+    if unit not in SIZE_UNITS or not math.isfinite(amount) or not amount > 0:  # inf and nan are no sizes
         raise ConfigError(
             f"{variable}={value!r} is not a size: give a positive number of bytes, optionally with a unit "
             "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 50MB"
         )
     return int(amount * SIZE_UNITS[unit])
+
+
+def held_upload_paths(demo) -> set[str]:
+    """The files that queued or running requests hold: every `path` in their payloads (Gradio's FileData)."""
+    queue = demo._queue  # Gradio's own queue: what waits in it, and what its workers run
+    events = [event for waiting in list(queue.event_queue_per_concurrency_id.values()) for event in list(waiting.queue)]
+    events += [event for job in list(queue.active_jobs) if job for event in job]
+    paths: set[str] = set()
+
+    def collect(value) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                paths.add(value["path"])
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+
+    for event in events:
+        if event.data is not None:
+            collect(event.data.data)
+    return paths
+
+
+def sweep_cache(demo, age: float | None) -> None:
+    """Delete the app's cached files older than `age` s (all with None), except those a pending request holds.
+
+    Gradio's own sweep (`delete_cache`) removes an upload by its age alone, so a clip that waits in a long
+    queue lost its file before its turn; here the held files are kept as Gradio keeps its examples.
+    """
+    from gradio.route_utils import delete_files_created_by_app
+
+    keeper = next(iter(demo.blocks.values()))
+    held = held_upload_paths(demo) - keeper.keep_in_cache
+    keeper.keep_in_cache.update(held)
+    try:
+        delete_files_created_by_app(demo, age)
+    finally:
+        keeper.keep_in_cache.difference_update(held)
+
+
+def start_cache_sweeper(demo, every: float, age: float) -> threading.Thread:
+    """Sweep the cache every `every` s in a daemon thread (`sweep_cache`); everything goes at exit."""
+    import atexit
+
+    def run() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                sweep_cache(demo, age)
+            except Exception as error:  # a sweep must never stop the server; the next one tries again
+                print(f"cache sweep failed: {type(error).__name__}: {error}", file=sys.stderr)
+
+    atexit.register(lambda: sweep_cache(demo, None))
+    thread = threading.Thread(target=run, name="neopolyp-cache-sweep", daemon=True)
+    thread.start()
+    return thread
+
+
+def dicom_note(path: str | None) -> str:
+    """What a DICOM upload was read as (SOP class, modality, size, frames): never a patient field."""
+    if not path or not is_dicom(path):
+        return ""
+    try:
+        return f"Read DICOM: {summarize(read_dataset(path, 'the upload', stop_before_pixels=True)).describe()}. "
+    except NeoPolypError:  # unreadable: the segmenter's own error says why
+        return ""

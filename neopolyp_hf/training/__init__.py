@@ -1,4 +1,4 @@
-"""Training, evaluation and publishing: needs the `train` extra (pip install 'neopolyp-hf[train]').
+"""Training, evaluation and publishing: needs the `train` extra (from a checkout: pip install '.[train]').
 
 `data` reads the competition's folders, `recipes` holds the augmentations, losses and schedules,
 `metrics` and `evaluation` score models, `lesion_classifier` trains the second stage and
