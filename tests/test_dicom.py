@@ -27,6 +27,7 @@ from neopolyp_hf.errors import VideoLoadError
 
 predict_script = load_script("predict")
 H264_MP4, H264_FRAGMENTABLE = "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1"
+MPEG2, HEVC = "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.107"  # MPEG-2 Main Profile, HEVC Main Profile
 
 
 def run_predict(*argv, capsys=None):
@@ -130,11 +131,33 @@ def model_dir(random_model, tmp_path) -> Path:
     return tmp_path / "model"
 
 
-@pytest.mark.parametrize("variant", ["mp4", "elementary", "fragmentable"])
+def elementary_stream(frames, path: Path, codec: str, muxer: str) -> bytes:
+    """A bare elementary stream of `codec` (mpeg2video, libx265), as converters store MPEG-2 and HEVC."""
+    import av
+
+    container = av.open(str(path), "w", format=muxer)
+    stream = container.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+    if codec == "libx265":
+        stream.options = {"x265-params": "log-level=error"}
+    for rgb in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("variant", ["mp4", "elementary", "fragmentable", "mpeg2", "hevc"])
 def test_dicom_video_gives_the_timeline_of_the_same_clip(variant, clip_frames_rgb, model_dir, tmp_path):
     mp4 = encode(tmp_path / "clip.mp4", clip_frames_rgb, fps=10)
     if variant == "mp4":
         stream, syntax = mp4.read_bytes(), H264_MP4
+    elif variant == "mpeg2":
+        stream, syntax = elementary_stream(clip_frames_rgb, tmp_path / "clip.m2v", "mpeg2video", "mpeg2video"), MPEG2
+    elif variant == "hevc":
+        stream, syntax = elementary_stream(clip_frames_rgb, tmp_path / "clip.hevc", "libx265", "hevc"), HEVC
     else:
         stream = raw_h264(clip_frames_rgb, tmp_path / "clip.h264")
         syntax = H264_FRAGMENTABLE if variant == "fragmentable" else H264_MP4
@@ -145,6 +168,8 @@ def test_dicom_video_gives_the_timeline_of_the_same_clip(variant, clip_frames_rg
     assert [row["time_s"] for row in got] == [row["time_s"] for row in expected]  # 0.1 s apart: the DICOM's rate
     if variant == "mp4":  # the same bytes decoded: the same rows
         assert got == expected
+    with pytest.raises(SystemExit, match="for DICOM stills only: highdicom makes a multi-frame SEG only over a"):
+        run_predict("--model", model_dir, "--video", video, "--timeline", tmp_path / "t.csv", "--dicom-seg", tmp_path)
 
 
 def test_a_multi_frame_uncompressed_object_is_read_frame_by_frame(clip_frames_rgb, tmp_path):

@@ -152,6 +152,12 @@ def predict_video(args: argparse.Namespace) -> dict:
     from neopolyp_hf.video.io import probe_video
     from neopolyp_hf.video.pipeline import write_video_outputs
 
+    if args.dicom_seg:  # said before any work: the masks are there, as PNGs, for a viewer's own SEG tools
+        raise SystemExit(
+            "error: --dicom-seg is written for DICOM stills only: highdicom makes a multi-frame SEG only over a "
+            "source with a Frame of Reference UID, which endoscopy video has none of; use --save-masks for the "
+            "frames' masks"
+        )
     if not (args.output_video or args.timeline or args.tracks or args.save_masks):
         raise SystemExit("error: --video needs at least one of --output-video, --timeline, --tracks, --save-masks")
     if args.every < 1:
