@@ -58,14 +58,17 @@ def describe_os_error(error: OSError) -> str:
 
 
 def exit_on_sigterm() -> None:
-    """Make SIGTERM (`kill`, `timeout`, `docker stop`) end the program as Ctrl-C does: it raises SystemExit(143)
-    in the main thread, so every `finally` and cleanup runs and no half-written output stays behind."""
+    """Make SIGTERM (`kill`, `timeout`, `docker stop`) and SIGHUP (a closed terminal or SSH session) end the
+    program as Ctrl-C does: they raise SystemExit(128 + the signal's number) in the main thread, so every
+    `finally` and cleanup runs and no half-written output stays behind."""
     if threading.current_thread() is threading.main_thread():
 
         def stop(signum, frame) -> None:
             raise SystemExit(128 + signum)
 
-        signal.signal(signal.SIGTERM, stop)
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):  # SIGHUP does not exist on Windows
+                signal.signal(getattr(signal, name), stop)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -268,3 +268,49 @@ def test_no_patient_field_reaches_an_output_or_a_log(clip_frames_rgb, model_dir,
         assert not [value for value in planted if value.decode() in path.name]
     for text in (logs.out, logs.err, str(refused.value)):
         assert not [value for value in planted if value.decode() in text]
+
+
+def test_a_multi_frame_jpeg_object_is_read_frame_by_frame(clip_frames_rgb, tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from neopolyp_hf.video.io import read_frames
+
+    jpegs, decoded = [], []
+    for rgb in clip_frames_rgb[:4]:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=95)
+        jpegs.append(buffer.getvalue())
+        decoded.append(np.asarray(Image.open(io.BytesIO(jpegs[-1])).convert("RGB")))
+    path = dicom_object(
+        tmp_path / "jpegs.dcm",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+        JPEGBaseline8Bit,
+        64,
+        96,
+        PixelData=encapsulate(jpegs),
+        NumberOfFrames=4,
+        PhotometricInterpretation="YBR_FULL_422",
+        CineRate=25,
+    )
+    frames = list(read_frames(path))
+    assert [round(f.time, 3) for f in frames] == [0.0, 0.04, 0.08, 0.12]
+    for frame, expected in zip(frames, decoded, strict=True):  # the same JPEG decoded: within a level (YBR rounding)
+        assert np.abs(frame.rgb.astype(int) - expected).max() <= 1
+
+
+def test_each_refusal_through_the_cli_names_the_file_and_the_problem(model_dir, tmp_path):
+    rgb = marked_frame(32, 32)
+    cases = {
+        "report.dcm": ({"PixelData": None}, "holds no Pixel Data"),
+        "grey.dcm": ({"PhotometricInterpretation": "MONOCHROME2", "SamplesPerPixel": 1}, "MONOCHROME2"),
+    }
+    for name, (fields, reason) in cases.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        dicom_still(folder / name, rgb, **fields)
+        with pytest.raises(SystemExit, match=rf"{name}'.*{reason}"):
+            run_predict("--model", model_dir, "--images", folder, "--output", tmp_path / "s.csv")
+        with pytest.raises(SystemExit, match=rf"{name}'.*{reason}"):
+            run_predict("--model", model_dir, "--video", folder / name, "--timeline", tmp_path / "t.csv")
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "t.csv").exists()

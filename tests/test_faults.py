@@ -91,7 +91,8 @@ def test_a_full_disk_is_named_and_leaves_no_partial_outputs(model_dir, tmp_path)
         assert sorted(p.name for p in disk.rglob("*")) == []  # no mask, no folder, no temporary file
 
 
-def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(model_dir, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(stop, model_dir, tmp_path):
     from neopolyp_hf.training.clips import write_clip
 
     rng = np.random.default_rng(1)
@@ -121,8 +122,8 @@ def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(model_dir, tm
             break
         time.sleep(0.02)
     assert job.poll() is None, f"the run ended before it could be stopped: {job.stderr.read().decode()[-500:]}"
-    job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=60) == 128 + signal.SIGTERM
+    job.send_signal(stop)
+    assert job.wait(timeout=60) == 128 + stop
     assert not out.exists() or sorted(p.name for p in out.rglob("*")) == []
 
 
