@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,19 @@ from .classifier.model import LesionClassifier
 from .config import ModelConfig
 from .errors import ConfigError
 from .pretrained import load_lite_imagenet, offline_imagenet
-from .source import resolve_model_source
+from .source import WEIGHTS_FILE, resolve_model_source
 from .torch_backend import TorchSegmenter
 
 MODEL_CARD_TEMPLATE = (Path(__file__).with_name("model_card.md")).read_text(encoding="utf-8")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, in every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
 
 
 class NeoPolypUNet(
@@ -79,6 +89,12 @@ class NeoPolypUNet(
         (logits, or log-probabilities for the polyp-then-class head); `head_outputs` gives the raw outputs."""
         outputs = self.unet(images)
         return outputs if head_outputs else head_scores(outputs, self._hub_mixin_config["head"])
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's safetensors save, then the file made readable like any other output: safetensors writes
+        it owner-only (0600), and a model folder shared with colleagues was unreadable to them."""
+        super()._save_pretrained(save_directory)
+        os.chmod(Path(save_directory) / WEIGHTS_FILE, 0o666 & ~_umask())
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """Render `model_card.md` with the run's metrics, dataset (by id) and training arguments; a model

@@ -108,3 +108,10 @@ def test_the_cache_folder_falls_back_when_home_cannot_be_written(tmp_path, monke
     monkeypatch.setenv("NEOPOLYP_CACHE", str(blocked / "cache"))
     with pytest.raises(OSError, match="NEOPOLYP_CACHE=.*cannot be written"):
         cache_root()
+
+
+def test_saved_weights_are_readable_like_any_other_output(random_model, tmp_path):
+    """safetensors writes owner-only (0600): a model folder shared with colleagues was unreadable to them."""
+    random_model.save_pretrained(tmp_path / "m")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] and modes["model.safetensors"] & 0o044 == 0o044
