@@ -137,9 +137,12 @@ def test_resume_after_kill_9(tmp_path):
     assert 2 <= killed_after < 5
     NeoPolypUNet.from_pretrained(out / "best")  # intact after the kill
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    quiet = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bars as a user would get them
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=quiet)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming after epoch {killed_after}" in resumed.stdout
+    assert "\r" not in resumed.stdout + resumed.stderr  # output to a file: lines, no bar updates
+    assert "epoch 5/5" in resumed.stdout  # one plain line per epoch
     history = _history(out)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]  # nothing lost, nothing twice
     assert json.loads((out / "last" / "training_state.json").read_text())["epoch"] == 5

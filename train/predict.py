@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rle_encode
 from neopolyp_hf.atomic import exit_on_sigterm, prepare_output, write_atomic, write_text_atomic
@@ -28,6 +27,7 @@ from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.preprocessing import IMAGE_EXTENSIONS
 from neopolyp_hf.textfiles import read_user_text
+from neopolyp_hf.training.progress import progress_bar
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -168,7 +168,7 @@ def predict_video(args: argparse.Namespace) -> dict:
     except (NeoPolypError, ImportError) as error:
         raise SystemExit(f"error: {error}") from error
     check_outputs(args.output_video, args.timeline, args.tracks)
-    bar = tqdm(desc=f"video ({info.backend}, {info.precision})", unit="frame")
+    bar = progress_bar(desc=f"video ({info.backend}, {info.precision})", unit="frame")
 
     def progress(done: int, total: int | None) -> None:
         bar.total = total
@@ -224,7 +224,7 @@ def predict_images(args, backend, info, images, ids, bad, masks_dir, probabiliti
     rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
     good = [i for i in ids if i not in bad]
     seg_dir = Path(args.dicom_seg) if args.dicom_seg else None
-    with tqdm(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
+    with progress_bar(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
         for start in range(0, len(good), args.batch_size):
             chunk = good[start : start + args.batch_size]
             predictions = backend.predict_batch(
@@ -275,7 +275,7 @@ def main(args: argparse.Namespace) -> Path:
 
     # Every image is read once before anything is written, so a bad one stops the run early.
     bad: dict[str, str] = {}
-    for image_id in tqdm(ids, desc="check images", leave=False):
+    for image_id in progress_bar(ids, desc="check images", leave=False):
         try:
             load_image(images[image_id])
         except ImageLoadError as error:

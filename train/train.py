@@ -24,7 +24,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
-from tqdm.auto import tqdm
 
 from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
 from neopolyp_hf.atomic import exit_on_sigterm, replace_dir_atomic, write_text_atomic
@@ -48,6 +47,7 @@ from neopolyp_hf.training.data import (
 from neopolyp_hf.training.evaluation import evaluate_model
 from neopolyp_hf.training.lesion_classifier import extract_lesion_patches, train_lesion_classifier
 from neopolyp_hf.training.metrics import DiceAccumulator
+from neopolyp_hf.training.progress import progress_bar
 from neopolyp_hf.training.publish import publish_run
 from neopolyp_hf.training.reporting import save_training_curves, save_validation_overlays
 
@@ -144,7 +144,9 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, out: Path):
     samples = find_pairs(args.data_dir)
     if args.max_train_samples:
         samples = samples[: args.max_train_samples]
-    with tqdm(total=len(samples), desc="decode+resize (once)", disable=not accelerator.is_local_main_process) as bar:
+    with progress_bar(
+        total=len(samples), desc="decode+resize (once)", disable=not accelerator.is_local_main_process
+    ) as bar:
         cache = build_cache(
             samples, args.image_size, workers=max(1, os.cpu_count() or 1), cache_dir=out / "cache", progress=bar.update
         )
@@ -172,7 +174,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, accelerator, e
     """One pass over the training set; returns the mean loss."""
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not accelerator.is_local_main_process)
+    bar = progress_bar(loader, desc=f"epoch {epoch} train", leave=False, disable=not accelerator.is_local_main_process)
     for images, masks in bar:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -195,7 +197,7 @@ def evaluate(model, loss_fn, loader, accelerator, config, epoch, channels_last) 
     model.eval()
     dice = DiceAccumulator(config["class_names"])
     total, count = 0.0, 0
-    for images, masks in tqdm(
+    for images, masks in progress_bar(
         loader, desc=f"epoch {epoch} val", leave=False, disable=not accelerator.is_local_main_process
     ):
         if channels_last:
@@ -353,7 +355,7 @@ def train_second_stage(
     started = time.perf_counter()
     model = NeoPolypUNet.from_pretrained(out / "best")
     settings = model.config["lesion_classifier"]
-    with tqdm(total=len(train_samples), desc="lesion crops (once)") as bar:
+    with progress_bar(total=len(train_samples), desc="lesion crops (once)") as bar:
         patches = extract_lesion_patches(
             train_samples,
             settings["crop_size"],

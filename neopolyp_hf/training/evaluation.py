@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..classes import CLASS_NAMES
 from ..classifier.fusion import fused_logit
 from ..errors import DataError
@@ -21,6 +19,7 @@ from .metrics import (
     LesionCallAccumulator,
     LesionClassAccumulator,
 )
+from .progress import progress_bar
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -69,7 +68,7 @@ def evaluate_model(
     calibration = CalibrationAccumulator(list(CLASS_NAMES))
     calls = LesionCallAccumulator()
     classes = LesionClassAccumulator()
-    for sample in tqdm(samples, desc="evaluate", leave=False):
+    for sample in progress_bar(samples, desc="evaluate", leave=False):
         image, truth = load_pair(sample)
         prediction = model.predict(image, tta=tta, lesion_consistency=lesion_consistency, second_stage=second_stage)
         dice.update(prediction.mask, truth)
