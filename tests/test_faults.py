@@ -202,8 +202,23 @@ def _bt2100_hlg_to_srgb(signal: np.ndarray) -> np.ndarray:
     return np.round(255 * np.where(sdr <= 0.0031308, 12.92 * sdr, 1.055 * sdr ** (1 / 2.4) - 0.055))
 
 
-def test_an_hlg_hdr_clip_is_tone_mapped_to_sdr(random_model, tmp_path):
-    """An iPhone-style HDR clip: HEVC Main 10, BT.2020, HLG. Flat patches of known HLG signal values."""
+def _pq_to_srgb(signal: np.ndarray) -> np.ndarray:
+    """The slow reference for one PQ BT.2020 colour: the ST 2084 EOTF, then as for HLG."""
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    power = signal ** (1 / m2)
+    display = 10000 * (np.maximum(power - c1, 0) / (c2 - c3 * power)) ** (1 / m1) / 203
+    bt709 = np.maximum(
+        np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]) @ display, 0
+    )
+    luma = bt709 @ [0.2126, 0.7152, 0.0722]
+    rolled = luma if luma <= 0.8 else 0.8 + 0.2 * (1 - np.exp(-(luma - 0.8) / 0.2))
+    sdr = np.clip(bt709 * rolled / luma, 0, 1)
+    return np.round(255 * np.where(sdr <= 0.0031308, 12.92 * sdr, 1.055 * sdr ** (1 / 2.4) - 0.055))
+
+
+@pytest.mark.parametrize("transfer", ["HLG", "PQ"])
+def test_an_hdr_clip_is_tone_mapped_to_sdr(transfer, random_model, tmp_path):
+    """An iPhone-style HDR clip (HEVC Main 10, BT.2020, HLG) and an HDR10 one (PQ). Flat patches of known signal."""
     import av
 
     from neopolyp_hf.video.io import probe_video, read_frames
@@ -216,9 +231,8 @@ def test_an_hlg_hdr_clip_is_tone_mapped_to_sdr(random_model, tmp_path):
     container = av.open(str(clip), "w")
     stream = container.add_stream("libx265", rate=25)
     stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p10le"
-    stream.options = {
-        "x265-params": "log-level=error:colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:crf=8"
-    }
+    curve = "arib-std-b67" if transfer == "HLG" else "smpte2084"
+    stream.options = {"x265-params": f"log-level=error:colorprim=bt2020:transfer={curve}:colormatrix=bt2020nc:crf=8"}
     for _ in range(3):
         frame = av.VideoFrame.from_ndarray(np.round(signal * 65535).astype(np.uint16), format="rgb48le")
         for packet in stream.encode(frame.reformat(format="yuv420p10le", dst_colorspace="bt2020")):
@@ -226,13 +240,25 @@ def test_an_hlg_hdr_clip_is_tone_mapped_to_sdr(random_model, tmp_path):
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    assert probe_video(clip).hdr == "HLG"
+    assert probe_video(clip).hdr == transfer
     rgb = next(iter(read_frames(clip))).rgb
     for index, value in enumerate(patches):
-        expected = _bt2100_hlg_to_srgb(value)
+        expected = _bt2100_hlg_to_srgb(value) if transfer == "HLG" else _pq_to_srgb(value)
         assert np.abs(rgb[32, 32 * index + 16].astype(int) - expected).max() <= 3, (value, rgb[32, 32 * index + 16])
-    assert rgb[32, 16].min() >= 240  # HLG reference white (75 %) comes out as SDR white, not washed-out grey
+    if transfer == "HLG":
+        assert rgb[32, 16].min() >= 240  # HLG reference white (75 %) comes out as SDR white, not washed-out grey
     written = __import__("neopolyp_hf.video.pipeline", fromlist=["x"]).write_video_outputs(
         random_model, clip, output_video=tmp_path / "overlay.mp4"
     )
     assert written.frames == 3
+
+
+def test_a_full_disk_during_the_first_onnx_export_is_named(model_dir, tmp_path, monkeypatch):
+    from neopolyp_hf import ModelSourceError
+    from neopolyp_hf.onnx.loading import load_segmenter
+
+    with small_disk(tmp_path / "cache", "300k") as disk:  # the export is several MB
+        monkeypatch.setenv("NEOPOLYP_CACHE", str(disk))
+        with pytest.raises(ModelSourceError, match=r"no space left on device while writing '.*\.onnx'"):
+            load_segmenter(str(model_dir))
+        assert [p for p in disk.rglob("*") if p.is_file()] == []  # no half-made export to be read back later
