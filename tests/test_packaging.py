@@ -172,3 +172,17 @@ def test_the_app_and_train_extras_hold_what_their_folders_import():
     for user in ("app", "train"):
         for room in ("onnx", "video"):
             assert extras[room].items() <= extras[user].items(), (user, room)
+
+
+def test_each_console_command_runs_from_the_installed_package():
+    """The tools are reachable without a checkout: each `[project.scripts]` entry answers --help."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"neopolyp-predict", "neopolyp-evaluate", "neopolyp-export", "neopolyp-push", "neopolyp-batch"} <= set(
+        scripts
+    )
+    folder = os.path.dirname(sys.executable)
+    for name in scripts:
+        result = subprocess.run(
+            [os.path.join(folder, name), "--help"], capture_output=True, text=True, timeout=120, cwd="/"
+        )
+        assert result.returncode == 0 and "usage:" in result.stdout, (name, result.stderr[-500:])

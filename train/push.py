@@ -4,36 +4,8 @@ INT8 exports, the card from the run's records and the calibration measured on it
 python train/push.py --run-dir OUT --data-dir DATA --repo-id you/neopolyp [--private]
 """
 
-from __future__ import annotations
-
-import argparse
-
-from neopolyp_hf import NeoPolypError
-from neopolyp_hf.atomic import exit_on_sigterm
-from neopolyp_hf.training.data import find_pairs
-from neopolyp_hf.training.publish import publish_run
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="a train.py --output-dir (holds best/ and split.json)")
-    parser.add_argument("--data-dir", required=True, help="the data it was trained on (for its held-out frames)")
-    parser.add_argument("--repo-id", required=True, help="Hub repo, e.g. you/neopolyp")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    return parser
-
-
-def main(args: argparse.Namespace) -> str:
-    """Publish the run; returns the commit URL."""
-    try:
-        url = publish_run(args.run_dir, find_pairs(args.data_dir), args.repo_id, private=args.private)
-    except (NeoPolypError, OSError) as error:
-        raise SystemExit(f"error: {error}") from error
-    print(f"pushed to {args.repo_id}: {url}")
-    return url
-
+from neopolyp_hf.training.cli.push import *  # noqa: F403  the functions, as a checkout's scripts always offered them
+from neopolyp_hf.training.cli.push import run
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    main(get_args_parser().parse_args())
+    raise SystemExit(run())
