@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError
-from neopolyp_hf.atomic import exit_on_sigterm
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
+from neopolyp_hf.training.cli import console_command
 from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 
 
@@ -68,12 +68,7 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The console command `neopolyp-evaluate` (and train/evaluate.py): SIGTERM and SIGHUP clean up like Ctrl-C."""
-    exit_on_sigterm()
-    main(get_args_parser().parse_args(argv))
-    return 0
-
+run = console_command(get_args_parser, main)  # `neopolyp-evaluate`, and train/evaluate.py
 
 if __name__ == "__main__":
     raise SystemExit(run())

@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 
 from neopolyp_hf import NeoPolypError, NeoPolypUNet
-from neopolyp_hf.atomic import exit_on_sigterm, prepare_output
+from neopolyp_hf.atomic import prepare_output
 from neopolyp_hf.onnx.backend import CALIBRATION_METHODS, OnnxSegmenter, export_onnx, quantize_onnx
+from neopolyp_hf.training.cli import console_command
 from neopolyp_hf.training.data import IMAGE_SUFFIXES
 
 
@@ -76,12 +77,7 @@ def main(args: argparse.Namespace) -> Path:
     return path
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The console command `neopolyp-export` (and train/export_onnx.py): SIGTERM and SIGHUP clean up like Ctrl-C."""
-    exit_on_sigterm()
-    main(get_args_parser().parse_args(argv))
-    return 0
-
+run = console_command(get_args_parser, main)  # `neopolyp-export`, and train/export_onnx.py
 
 if __name__ == "__main__":
     raise SystemExit(run())

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rle_encode
-from neopolyp_hf.atomic import exit_on_sigterm, prepare_output, write_atomic, write_text_atomic
+from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.dicom import is_dicom
 from neopolyp_hf.dicom_seg.writer import SEG_SUFFIX
@@ -27,6 +27,7 @@ from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.preprocessing import IMAGE_EXTENSIONS
 from neopolyp_hf.textfiles import read_user_text
+from neopolyp_hf.training.cli import console_command
 from neopolyp_hf.training.progress import progress_bar
 
 
@@ -316,12 +317,7 @@ def main(args: argparse.Namespace) -> Path:
     return output
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The console command `neopolyp-predict` (and train/predict.py): SIGTERM and SIGHUP clean up like Ctrl-C."""
-    exit_on_sigterm()
-    main(get_args_parser().parse_args(argv))
-    return 0
-
+run = console_command(get_args_parser, main)  # `neopolyp-predict`, and train/predict.py
 
 if __name__ == "__main__":
     raise SystemExit(run())

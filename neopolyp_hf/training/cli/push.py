@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from neopolyp_hf import NeoPolypError
-from neopolyp_hf.atomic import exit_on_sigterm
+from neopolyp_hf.training.cli import console_command
 from neopolyp_hf.training.data import find_pairs
 from neopolyp_hf.training.publish import publish_run
 
@@ -34,12 +34,7 @@ def main(args: argparse.Namespace) -> str:
     return url
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The console command `neopolyp-push` (and train/push.py): SIGTERM and SIGHUP clean up like Ctrl-C."""
-    exit_on_sigterm()
-    main(get_args_parser().parse_args(argv))
-    return 0
-
+run = console_command(get_args_parser, main)  # `neopolyp-push`, and train/push.py
 
 if __name__ == "__main__":
     raise SystemExit(run())
