@@ -226,7 +226,8 @@ def test_predict_cli_writes_clip_timeline_tracks_and_masks(trained_model_dir, sm
     shown = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the progress bar on
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=shown)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "16 frames" in result.stdout and "frame/s" in result.stderr  # the progress bar
+    assert "16 frames" in result.stdout and "frame/s" in result.stderr  # progress: plain lines, output captured
+    assert "\r" not in result.stderr
     timeline = list(csv.reader((out / "timeline.csv").open()))
     assert timeline[0] == TIMELINE_HEADERS and len(timeline) == 17
     tracks = list(csv.reader((out / "tracks.csv").open()))

@@ -169,7 +169,7 @@ def predict_video(args: argparse.Namespace) -> dict:
     except (NeoPolypError, ImportError) as error:
         raise SystemExit(f"error: {error}") from error
     check_outputs(args.output_video, args.timeline, args.tracks)
-    bar = progress_bar(desc=f"video ({info.backend}, {info.precision})", unit="frame")
+    bar = progress_bar(desc=f"video ({info.backend}, {info.precision})", unit="frame", plain_every=100)
 
     def progress(done: int, total: int | None) -> None:
         bar.total = total
@@ -225,7 +225,7 @@ def predict_images(args, backend, info, images, ids, bad, masks_dir, probabiliti
     rows: dict[str, list[str]] = {i: [""] * len(POLYP_CLASSES) for i in bad}
     good = [i for i in ids if i not in bad]
     seg_dir = Path(args.dicom_seg) if args.dicom_seg else None
-    with progress_bar(total=len(good), desc=f"predict ({info.backend}, {info.precision})") as bar:
+    with progress_bar(total=len(good), desc=f"predict ({info.backend}, {info.precision})", plain_every=100) as bar:
         for start in range(0, len(good), args.batch_size):
             chunk = good[start : start + args.batch_size]
             predictions = backend.predict_batch(
