@@ -105,18 +105,7 @@ def clip_frames_rgb():
 
 def raw_h264(frames, path: Path) -> bytes:
     """A bare H.264 elementary stream (Annex B), as some converters store it: no container, no frame times."""
-    import av
-
-    container = av.open(str(path), "w", format="h264")
-    stream = container.add_stream("libx264", rate=10)
-    stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    for rgb in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path.read_bytes()
+    return elementary_stream(frames, path, "libx264", "h264")
 
 
 def timeline(model_dir: Path, video: Path, out: Path) -> list[dict]:

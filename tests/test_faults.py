@@ -192,7 +192,11 @@ def _bt2100_hlg_to_srgb(signal: np.ndarray) -> np.ndarray:
     203 cd/m2 as SDR white, BT.2087's matrix to BT.709, the roll-off above 0.8, the sRGB curve."""
     a, b, c = 0.17883277, 0.28466892, 0.55991073
     scene = np.array([s * s / 3 if s <= 0.5 else (np.exp((s - c) / a) + b) / 12 for s in signal])
-    display = 1000 * (scene @ [0.2627, 0.6780, 0.0593]) ** 0.2 * scene / 203
+    return _display_to_srgb(1000 * (scene @ [0.2627, 0.6780, 0.0593]) ** 0.2 * scene / 203)
+
+
+def _display_to_srgb(display: np.ndarray) -> np.ndarray:
+    """Display light relative to 203 cd/m2 (BT.2020) -> sRGB: BT.2087's matrix, the roll-off above 0.8, the curve."""
     bt709 = np.maximum(
         np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]) @ display, 0
     )
@@ -206,14 +210,7 @@ def _pq_to_srgb(signal: np.ndarray) -> np.ndarray:
     """The slow reference for one PQ BT.2020 colour: the ST 2084 EOTF, then as for HLG."""
     m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
     power = signal ** (1 / m2)
-    display = 10000 * (np.maximum(power - c1, 0) / (c2 - c3 * power)) ** (1 / m1) / 203
-    bt709 = np.maximum(
-        np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]]) @ display, 0
-    )
-    luma = bt709 @ [0.2126, 0.7152, 0.0722]
-    rolled = luma if luma <= 0.8 else 0.8 + 0.2 * (1 - np.exp(-(luma - 0.8) / 0.2))
-    sdr = np.clip(bt709 * rolled / luma, 0, 1)
-    return np.round(255 * np.where(sdr <= 0.0031308, 12.92 * sdr, 1.055 * sdr ** (1 / 2.4) - 0.055))
+    return _display_to_srgb(10000 * (np.maximum(power - c1, 0) / (c2 - c3 * power)) ** (1 / m1) / 203)
 
 
 @pytest.mark.parametrize("transfer", ["HLG", "PQ"])
