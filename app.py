@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import gradio as gr
@@ -54,6 +53,7 @@ from neopolyp_hf.serving.space import (
     uncertainty_scale_html,
 )
 from neopolyp_hf.synthetic import synthetic_pair
+from neopolyp_hf.version import installed_version
 from neopolyp_hf.video.io import probe_video
 from neopolyp_hf.video.live import LiveSegmenter
 from neopolyp_hf.video.pipeline import write_video_outputs
@@ -101,10 +101,7 @@ except ModelSourceError as error:
 
 # The model as the page and the SEG name it: a Hub id, or a local folder's own name (never the server's path).
 MODEL_NAME = INFO.source if not os.path.exists(INFO.source) else Path(INFO.source).name
-try:
-    SOFTWARE_VERSION = metadata.version("neopolyp-hf")
-except metadata.PackageNotFoundError:
-    SOFTWARE_VERSION = "unknown"
+SOFTWARE_VERSION = installed_version()
 
 try:  # ZeroGPU Spaces hand out the GPU per call.
     import spaces

@@ -94,9 +94,10 @@ def load_image(
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise ImageLoadError(f"image file {name} does not exist")
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".dcm" and not is_dicom(source):
+    dicom = is_dicom(source)
+    if not dicom and isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".dcm":
         raise ImageLoadError(f"{name} has a DICOM name but is not a DICOM file (no DICM mark after the preamble)")
-    if is_dicom(source):  # a hospital's still: VL Endoscopic, Secondary Capture, ...
+    if dicom:  # a hospital's still: VL Endoscopic, Secondary Capture, ...
         rgb, _ = read_still(source, name)
         _check_pixels(rgb.shape[0] * rgb.shape[1], max_pixels, name)
         return rgb

@@ -92,7 +92,8 @@ def test_each_input_of_an_onnx_export_makes_a_fresh_one(model_dir, tmp_path, mon
     assert len(export()) == 3
     monkeypatch.setattr(torch, "__version__", "0.0.0-another-exporter")
     assert len(export()) == 4
-    monkeypatch.setattr(loading, "_version", lambda package: "another " + package)  # onnx, runtime, package
+    # onnx, onnxruntime and this package:
+    monkeypatch.setattr(loading, "installed_version", lambda package="neopolyp-hf": "another " + package)
     assert len(export()) == 5
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]
 

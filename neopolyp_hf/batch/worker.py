@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from ..errors import NeoPolypError
 from ..masks import overlay_mask
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
 from ..rle import rle_encode
+from ..version import installed_version
 from ..video.io import DEFAULT_PRESET, VideoWriter, probe_video
 from ..video.pipeline import segment_video
 from ..video.tracking import LesionTracker
@@ -52,14 +52,6 @@ class BatchSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_polyp_frames: int = DEFAULT_MIN_POLYP_FRAMES
     extras: tuple[str, ...] = field(default_factory=tuple)  # the manifest's extra column names
-
-
-def software_version() -> str:
-    """The installed package's version ("unknown" from a bare source tree)."""
-    try:
-        return metadata.version("neopolyp-hf")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @contextlib.contextmanager
@@ -94,7 +86,7 @@ class ProcedureWorker:
             settings.model, settings.revision, settings.backend, settings.precision, threads=settings.threads
         )
         self.config = self.model._inference_config
-        self.version = software_version()
+        self.version = installed_version()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         summaries = [
@@ -130,7 +122,8 @@ class ProcedureWorker:
             if overlay is not None:
                 overlay.unlink(missing_ok=True)
             row = {"procedure_id": procedure.procedure_id, "path": procedure.path, "reason": reason, **extras}
-            tables.write_rows(output, "errors", key, errors + [row], self._schema("errors"))
+            rows = [{**r, **extras} for r in errors] + [row]  # the stills that failed before, then the procedure
+            tables.write_rows(output, "errors", key, rows, self._schema("errors"))
             self._commit(output, key, procedure, "error", {}, extras)
             return self._summary(procedure, "error", 0, started, reason)
         tables.write_rows(output, "frames", key, [{**r, **extras} for r in frames], self._schema("frames"))

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..classes import NEOPLASTIC, NON_NEOPLASTIC
+from ..dicom import read_dataset
 from ..errors import DataError
 
 CATEGORY = ("49755003", "SCT", "Morphologically abnormal structure")
@@ -110,14 +111,18 @@ def write_seg(
     revision: str,
     software_version: str,
 ) -> Path:
-    """Write the SEG of `mask` over the DICOM still at `source_path` as FOLDER/<source SOP Instance UID>.seg.dcm,
+    """Write the SEG of `mask` over the DICOM still at `source_path` as `seg_path(source_path, folder)`,
     atomically; returns its path."""
-    import pydicom
-
-    source = pydicom.dcmread(source_path)
+    source = read_dataset(source_path, f"'{Path(source_path).name}'")
     seg = build_seg(source, mask, model_id, revision, software_version)
-    path = Path(folder) / f"{source.SOPInstanceUID}{SEG_SUFFIX}"
-    return write_atomic(path, lambda tmp: seg.save_as(tmp))
+    return write_atomic(seg_path(source_path, folder), lambda tmp: seg.save_as(tmp))
+
+
+def seg_path(source_path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Where the SEG of a DICOM still goes: FOLDER/<its SOP Instance UID>.seg.dcm (read from its header alone;
+    never a patient field)."""
+    source = read_dataset(source_path, f"'{Path(source_path).name}'", stop_before_pixels=True)
+    return Path(folder) / f"{source.SOPInstanceUID}{SEG_SUFFIX}"
 
 
 def read_seg_mask(path: str | os.PathLike) -> tuple[np.ndarray, dict]:

@@ -4,7 +4,6 @@ model folder, a Hub repo or an .onnx file. Used by the scripts in train/ and by 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from ..inference import Segmenter
 from ..model import NeoPolypUNet
 from ..source import fetch_model_file
 from ..synthetic import SYNTHETIC_DATASET
+from ..version import installed_version
 from .backend import INT8_FILE, ONNX_OPSET, OnnxSegmenter, classifier_graph_path, export_onnx
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -52,18 +52,11 @@ def onnx_cache_parts(model: NeoPolypUNet, weights: Path) -> dict[str, object]:
         "weights": file_digest(weights),
         "config": model.config,
         "torch": torch.__version__,
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "neopolyp": _version("neopolyp-hf"),
+        "onnx": installed_version("onnx"),
+        "onnxruntime": installed_version("onnxruntime"),
+        "neopolyp": installed_version(),
         "opset": ONNX_OPSET,
     }
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "none"
 
 
 def cached_onnx_export(model: NeoPolypUNet, weights: Path, cache_dir: Path | None = None) -> Path:

@@ -77,17 +77,15 @@ def _load(path: str | os.PathLike):
     return dataset, summary, name
 
 
-def probe_dicom_video(path: str | os.PathLike, max_pixels: int, max_seconds: float | None):
-    """`probe_video` for a DICOM object: its size, rate and length, checked against the limits."""
+def _video_info(dataset, summary, name: str, stream: tuple[Path, bool] | None, max_pixels: int, max_seconds):
+    """The object's size, rate and length, checked against the limits: from its stream (a bare one timed by the
+    DICOM), or from its header (frames decoded by pydicom)."""
     from .io import MIN_FRAME_SIDE, VideoInfo, probe_video
 
-    dataset, summary, name = _load(path)
-    syntax = str(dataset.file_meta.TransferSyntaxUID)
     times = frame_times(dataset, summary.frames)
-    if syntax in MPEG_SYNTAXES:
-        with _stream_file(dataset, name) as (stream, elementary):
-            info = probe_video(stream, max_pixels, None)
-        if elementary and times is not None:
+    if stream is not None:
+        info = probe_video(stream[0], max_pixels, None)
+        if stream[1] and times is not None:
             fps = 1.0 / float(np.diff(times).mean()) if summary.frames > 1 else info.fps
             info = VideoInfo(info.width, info.height, fps, summary.frames / fps, info.codec)
     else:
@@ -102,21 +100,36 @@ def probe_dicom_video(path: str | os.PathLike, max_pixels: int, max_seconds: flo
     return info
 
 
+def _is_stream(dataset) -> bool:
+    return str(dataset.file_meta.TransferSyntaxUID) in MPEG_SYNTAXES
+
+
+def probe_dicom_video(path: str | os.PathLike, max_pixels: int, max_seconds: float | None):
+    """`probe_video` for a DICOM object: its size, rate and length, checked against the limits."""
+    dataset, summary, name = _load(path)
+    if not _is_stream(dataset):
+        return _video_info(dataset, summary, name, None, max_pixels, max_seconds)
+    with _stream_file(dataset, name) as stream:
+        return _video_info(dataset, summary, name, stream, max_pixels, max_seconds)
+
+
 def read_dicom_frames(path: str | os.PathLike, max_pixels: int, max_seconds: float | None):
-    """`read_frames` for a DICOM object: Frame(index, time, rgb) in order, timed by the stream or the DICOM."""
+    """`read_frames` for a DICOM object: Frame(index, time, rgb) in order, timed by the stream or the DICOM.
+    The object is read, and its stream written out, once."""
     from .io import Frame, read_frames
 
-    info = probe_dicom_video(path, max_pixels, max_seconds)
     dataset, summary, name = _load(path)
     times = frame_times(dataset, summary.frames)
-    if str(dataset.file_meta.TransferSyntaxUID) in MPEG_SYNTAXES:
-        with _stream_file(dataset, name) as (stream, elementary):
-            for frame in read_frames(stream, max_pixels, max_seconds):
-                if elementary:  # a bare stream has no times of its own: the DICOM's, else its rate's
+    if _is_stream(dataset):
+        with _stream_file(dataset, name) as stream:
+            info = _video_info(dataset, summary, name, stream, max_pixels, max_seconds)
+            for frame in read_frames(stream[0], max_pixels, max_seconds):
+                if stream[1]:  # a bare stream has no times of its own: the DICOM's, else its rate's
                     time = float(times[frame.index]) if times is not None and frame.index < len(times) else None
                     frame = Frame(frame.index, frame.index / info.fps if time is None else time, frame.rgb)
                 yield frame
         return
+    info = _video_info(dataset, summary, name, None, max_pixels, max_seconds)
     for index in range(summary.frames):
         try:
             rgb = decode_frames(dataset, name, index=index if "NumberOfFrames" in dataset else None)

@@ -22,13 +22,14 @@ from neopolyp_hf import DataError, ImageLoadError, NeoPolypError, load_image, rl
 from neopolyp_hf.atomic import prepare_output, write_atomic, write_text_atomic
 from neopolyp_hf.classes import POLYP_CLASSES
 from neopolyp_hf.dicom import is_dicom
-from neopolyp_hf.dicom_seg.writer import SEG_SUFFIX
+from neopolyp_hf.dicom_seg.writer import seg_path
 from neopolyp_hf.masks import save_mask_png
 from neopolyp_hf.onnx.loading import BACKENDS, PRECISIONS, load_segmenter
 from neopolyp_hf.preprocessing import IMAGE_EXTENSIONS
 from neopolyp_hf.textfiles import read_user_text
 from neopolyp_hf.training.cli import console_command
 from neopolyp_hf.training.progress import progress_bar
+from neopolyp_hf.version import installed_version
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -198,24 +199,11 @@ def predict_video(args: argparse.Namespace) -> dict:
     return outputs.files
 
 
-def dicom_uid(path: Path) -> str:
-    """A DICOM file's SOP Instance UID (the name of its SEG), read from its header alone."""
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
 def write_dicom_seg(source: Path, mask, folder: Path, info) -> Path:
     """The DICOM SEG of a DICOM still's mask, named by the still's SOP Instance UID (never a patient field)."""
-    from importlib import metadata
-
     from neopolyp_hf.dicom_seg.writer import write_seg
 
-    try:
-        version = metadata.version("neopolyp-hf")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return write_seg(source, mask, folder, info.source, info.revision, version)
+    return write_seg(source, mask, folder, info.source, info.revision, installed_version())
 
 
 def predict_images(args, backend, info, images, ids, bad, masks_dir, probabilities_dir, written: list[Path]) -> Path:
@@ -241,7 +229,7 @@ def predict_images(args, backend, info, images, ids, bad, masks_dir, probabiliti
                     written.append(probabilities_dir / f"{image_id}.npz")
                     save_probabilities(prediction, written[-1])
                 if seg_dir and is_dicom(images[image_id]):
-                    written.append(seg_dir / f"{dicom_uid(images[image_id])}{SEG_SUFFIX}")
+                    written.append(seg_path(images[image_id], seg_dir))
                     write_dicom_seg(images[image_id], prediction.mask, seg_dir, info)
             bar.update(len(chunk))
 
