@@ -403,7 +403,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         return [figures]
     model = NeoPolypUNet.from_pretrained(args.model)
     if args.input_size:
-        model._hub_mixin_config["input_size"] = args.input_size
+        model.update_config(input_size=args.input_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

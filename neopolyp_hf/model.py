@@ -80,6 +80,18 @@ class NeoPolypUNet(
         """The model's config: everything inference needs (a copy of the stored dict)."""
         return json.loads(json.dumps(self._hub_mixin_config))
 
+    def update_config(self, **changes: Any) -> None:
+        """Change config fields (a calibrated temperature, another input size): the result is validated by
+        `ModelConfig` as a whole, and stored only when valid. Raises ConfigError naming the field.
+        `lesion_classifier` is replaced whole; the architecture itself cannot change here."""
+        current = ModelConfig.from_dict(self._hub_mixin_config)
+        settings = ModelConfig.from_dict({**current.to_dict(), **changes})
+        if (settings.lesion_classifier is None) != (current.lesion_classifier is None) or (
+            settings.encoder_name != current.encoder_name
+        ):
+            raise ConfigError("update_config cannot add, remove or swap parts of the network; build a new model")
+        self._hub_mixin_config = {**settings.to_dict(), "encoder_weights": None}
+
     @property
     def _inference_config(self) -> dict[str, Any]:
         return self._hub_mixin_config

@@ -52,6 +52,20 @@ def test_bad_config_value_names_the_field(field, value):
         NeoPolypUNet(**{field: value})
 
 
+def test_config_changes_are_validated_and_stored_only_when_valid(tmp_path):
+    model = NeoPolypUNet(input_size=64)
+    with pytest.raises(ConfigError, match="input_size"):
+        model.update_config(input_size=100)
+    with pytest.raises(ConfigError, match="dropout"):
+        model.update_config(dropout=0.3)
+    with pytest.raises(ConfigError, match="network"):
+        model.update_config(encoder_name="resnet18")
+    assert model.config["input_size"] == 64
+    model.update_config(input_size=96)
+    model.save_pretrained(tmp_path / "m")
+    assert NeoPolypUNet.from_pretrained(tmp_path / "m").config["input_size"] == 96
+
+
 def test_bad_config_file_is_refused(random_model, tmp_path):
     folder = tmp_path / "m"
     random_model.save_pretrained(folder)

@@ -390,7 +390,7 @@ def train_second_stage(
         [r["segmenter"] for r in records], [r["classifier"] for r in records], settings["fusion_weight"]
     )
     temperature = fit_temperature(logits, truth)
-    model._hub_mixin_config["lesion_classifier"]["temperature"] = temperature
+    model.update_config(lesion_classifier={**settings, "temperature": temperature})
     figures = {
         "training_lesions": len(patches.neoplastic),
         "epochs": len(history),

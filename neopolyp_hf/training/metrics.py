@@ -230,6 +230,8 @@ class LesionClassAccumulator:
                     "segmenter": float(lesion.neoplastic_probability if segmenter is None else segmenter),
                     "classifier": float("nan") if classifier is None else float(classifier),
                     "final": float(lesion.neoplastic_probability),
+                    "area_px": float(lesion.area_px),
+                    "confidence": float(lesion.confidence),
                 }
             )
 

@@ -30,6 +30,8 @@ class Track:
     largest_area: int = 0
     evidence: float = 0.0  # sum over frames of weight x log-odds of P(neoplastic | polyp), decayed
     weight: float = 0.0  # sum of the weights, decayed alike
+    # Area that its frames' own calls gave each polyp class (neoplastic, non-neoplastic), decayed alike.
+    votes: np.ndarray = field(default_factory=lambda: np.zeros(2))
     class_index: int = NEOPLASTIC
     footprint: np.ndarray | None = field(default=None, repr=False)  # its last mask at OVERLAP_WIDTH
 
@@ -37,6 +39,14 @@ class Track:
     def neoplastic_probability(self) -> float:
         """P(neoplastic | polyp) from the track's evidence: the weighted mean of its frames' log-odds."""
         return float(sigmoid(self.evidence / self.weight)) if self.weight > 0 else 0.5
+
+    @property
+    def agreement(self) -> float:
+        """The share of its frames' evidence (area, decayed) whose own call is the track's class (1: all agree)."""
+        total = self.votes.sum()
+        if total <= 0:
+            return 1.0
+        return float(self.votes[0 if self.class_index == NEOPLASTIC else 1] / total)
 
 
 def scene_thumbnail(rgb: np.ndarray) -> np.ndarray:
@@ -85,6 +95,9 @@ class LesionTracker:
       its class with `uncertain_shows="track"`; with "frame" each lesion keeps its own frame's class
       (still flagged uncertain, with the track's id and probability): the track does not claim a class
       it is unsure of.
+    - **A split track** (less than `min_agreement` of its frames' evidence, by area and decayed, calls
+      its class) claims no class either: each lesion keeps its own frame's class and is flagged
+      uncertain. A confident mean can hide a split, as when a few large frames outweigh many small ones.
     """
 
     def __init__(
@@ -100,10 +113,14 @@ class LesionTracker:
         join_margin: int = 3,
         uncertain_shows: str = "track",
         class_threshold: float = 0.5,
+        min_agreement: float = 0.0,
     ) -> None:
         if not 0.0 < class_threshold < 1.0:
             raise ValueError(f"class_threshold must be inside (0, 1), got {class_threshold}")
         self.class_threshold = class_threshold
+        if not 0.0 <= min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be inside [0, 1], got {min_agreement}")
+        self.min_agreement = min_agreement
         if uncertain_shows not in UNCERTAIN_SHOWS:
             raise ValueError(f"uncertain_shows must be one of {UNCERTAIN_SHOWS}, got {uncertain_shows!r}")
         self.uncertain_shows = uncertain_shows
@@ -198,9 +215,11 @@ class LesionTracker:
         fade = self.decay**gap
         track.evidence *= fade
         track.weight *= fade
+        track.votes *= fade
         for lesion in lesions:
             track.evidence += lesion.area_px * float(logit(lesion.neoplastic_probability))
             track.weight += lesion.area_px
+            track.votes[0 if lesion.class_index == NEOPLASTIC else 1] += lesion.area_px
         track.last_frame, track.missed, track.footprint = frame_index, 0, footprint
         track.frames_seen += 1
         track.largest_area = max(track.largest_area, sum(lesion.area_px for lesion in lesions))
@@ -216,8 +235,10 @@ class LesionTracker:
     def _tracked_lesion(self, lesion: Lesion, track: Track) -> Lesion:
         probability = track.neoplastic_probability
         low, high = self.uncertain_range
-        uncertain = bool(low <= probability <= high)
-        class_index = lesion.class_index if uncertain and self.uncertain_shows == "frame" else track.class_index
+        split = track.agreement < self.min_agreement
+        uncertain = bool(low <= probability <= high) or split
+        own_call = split or (uncertain and self.uncertain_shows == "frame")
+        class_index = lesion.class_index if own_call else track.class_index
         return replace(
             lesion,
             class_index=class_index,
