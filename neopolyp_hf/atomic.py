@@ -77,12 +77,26 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
-    """Swap a fully written folder into place; the old one is removed only after the swap."""
+    """Swap a fully written folder into place: `final_dir` is renamed to `<final_dir>.old`, `tmp_dir` to
+    `final_dir`, then the old one is removed. A kill between the two renames leaves only `.old`:
+    `recover_dir` (called here first, and by every reader that resumes) puts it back."""
+    recover_dir(final_dir)
     old = final_dir.with_name(final_dir.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final_dir: Path) -> Path:
+    """Finish or undo a `replace_dir_atomic` that was interrupted: where `final_dir` is missing and
+    `<final_dir>.old` exists (killed between the renames), the old folder is renamed back; where both
+    exist (killed before the old one was removed), the old one is removed. Returns `final_dir`."""
+    final_dir = Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if final_dir.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final_dir)
+    return final_dir

@@ -259,3 +259,41 @@ def test_a_full_disk_during_the_first_onnx_export_is_named(model_dir, tmp_path, 
         with pytest.raises(ModelSourceError, match=r"no space left on device while writing '.*\.onnx'"):
             load_segmenter(str(model_dir))
         assert [p for p in disk.rglob("*") if p.is_file()] == []  # no half-made export to be read back later
+
+
+SWAP_KILLED = """
+import os, signal, sys
+from pathlib import Path
+from neopolyp_hf import atomic
+renames = []
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    renames.append(dst)
+    if len(renames) == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+atomic.os.replace = replace
+atomic.replace_dir_atomic(Path(sys.argv[1]) / "best.tmp", Path(sys.argv[1]) / "best")
+"""
+
+
+@pytest.mark.parametrize("killed_after_renames", [1, 2])
+def test_a_folder_swap_killed_between_its_renames_is_recovered(killed_after_renames, tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.txt").write_text("old")
+    (tmp_path / "best.tmp").mkdir()
+    (tmp_path / "best.tmp" / "model.txt").write_text("new")
+    run = subprocess.run([sys.executable, "-c", SWAP_KILLED, str(tmp_path), str(killed_after_renames)])
+    assert run.returncode == -signal.SIGKILL
+    # Killed after the first rename only the old folder is left, under its .old name; after the second both are.
+    assert (tmp_path / "best").exists() == (killed_after_renames == 2)
+    assert (tmp_path / "best.old").exists()
+    from neopolyp_hf.atomic import recover_dir, replace_dir_atomic
+
+    recovered = recover_dir(tmp_path / "best")
+    expected = "old" if killed_after_renames == 1 else "new"
+    assert (recovered / "model.txt").read_text() == expected and not (tmp_path / "best.old").exists()
+    if killed_after_renames == 1:  # the interrupted swap can simply be done again
+        replace_dir_atomic(tmp_path / "best.tmp", tmp_path / "best")
+        assert (tmp_path / "best" / "model.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

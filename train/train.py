@@ -26,7 +26,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 
 from neopolyp_hf import ConfigError, DataError, NeoPolypUNet
-from neopolyp_hf.atomic import exit_on_sigterm, replace_dir_atomic, write_text_atomic
+from neopolyp_hf.atomic import exit_on_sigterm, recover_dir, replace_dir_atomic, write_text_atomic
 from neopolyp_hf.classes import DATASET_ID
 from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.classifier.model import LITE_ENCODERS
@@ -278,11 +278,10 @@ def save_last(accelerator: Accelerator, out: Path, state: dict) -> None:
 
 
 def find_last_checkpoint(out: Path) -> Path | None:
-    """OUT/last, or OUT/last.old where a kill came in the middle of the swap."""
-    for candidate in (out / "last", out / "last.old"):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    return None
+    """OUT/last (and OUT/best) after finishing any swap a kill interrupted; None where there is no state."""
+    recover_dir(out / "best")
+    last = recover_dir(out / "last")
+    return last if (last / STATE_FILE).is_file() else None
 
 
 def describe_device(device: torch.device) -> str:
