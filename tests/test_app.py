@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from helpers import (
     cover_art_memo,
     encode,
     find_chromium,
+    load_script,
     marked_frame,
     png_header_only,
     start_app,
@@ -29,6 +29,7 @@ from helpers import (
 from PIL import Image
 
 from neopolyp_hf.onnx.loading import load_segmenter
+from neopolyp_hf.serving.settings import SpaceSettings
 from neopolyp_hf.serving.space import LESION_HEADERS, percentages_summary
 
 CHROMIUM = find_chromium()
@@ -233,22 +234,56 @@ def test_broken_model_source_stops_start_up_with_its_name(tmp_path):
         assert "NeoPolyp cannot start" in result.stderr and source in result.stderr
 
 
-@pytest.mark.slow
-def test_the_page_takes_its_colours_and_names_from_the_one_class_table(served):
-    config = json.loads(urllib.request.urlopen(served[0].rstrip("/") + "/config", timeout=30).read())
+@pytest.fixture(scope="module")
+def app_module():
+    """app.py imported in this process: importing it reads no setting, loads no model and writes nothing."""
+    return load_script("app", folder=".")
+
+
+@pytest.fixture(scope="module")
+def page(app_module, random_model, tmp_path_factory):
+    """The demo built in-process over a small untrained model (torch backend), with no server."""
+    folder = tmp_path_factory.mktemp("page") / "my-model"
+    random_model.save_pretrained(folder)
+    model, info = load_segmenter(str(folder), backend="torch")
+    settings = SpaceSettings.from_environ({"NEOPOLYP_MAX_VIDEO_SECONDS": "7"})
+    return app_module.build_demo(model, info, settings), folder
+
+
+def test_importing_the_app_has_no_side_effect(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEOPOLYP_MODEL", str(tmp_path / "no-such-model"))  # would stop a start
+    monkeypatch.setenv("NEOPOLYP_QUEUE_SIZE", "nan")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where synthetic examples would be written
+    module = load_script("app", folder=".")
+    assert callable(module.build_demo) and callable(module.main)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_built_page_names_its_model_limits_and_api_without_a_server(page):
+    demo, folder = page
+    config = demo.get_config_file()
+    text = json.dumps(config, default=str)
+    assert "not for clinical use" in text and "up to 7 s" in text
+    assert f"`{folder.name}`" in text and str(folder) not in text  # the folder's name, never the server's path
+    endpoints = {d.get("api_name") for d in config["dependencies"] if d.get("api_visibility") != "private"}
+    assert {"predict", "predict_video", "predict_seg"} <= endpoints
+    assert demo._queue.max_size == 16  # the settings' default queue: bounded
+
+
+def test_the_page_takes_its_colours_and_names_from_the_one_class_table(page):
+    config = page[0].get_config_file()
     props = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
     assert props["timeline"]["color_map"] == {"Neoplastic": "#ff0000", "Non-neoplastic": "#00ff00"}
     legends = [c["props"]["value"] for c in config["components"] if "legend" in str(c.get("props", {}).get("value"))]
     assert any('id="camera-legend"' in html for html in legends)  # the Camera tab has its legend too
     assert all("Non-neoplastic" in html and "non_neoplastic" not in html for html in legends)
-    assert "uncertainty-scale" in json.dumps(config["components"])
+    assert "uncertainty-scale" in json.dumps(config["components"], default=str)
     assert props["tracks"]["headers"][4] == "first seen (s)"
 
 
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("NEOPOLYP_MAX_FILE_SIZE", "inf", "NEOPOLYP_MAX_FILE_SIZE='inf' is not a size"),  # as 'fifty' or '-1'
         ("NEOPOLYP_MAX_VIDEO_SECONDS", "nan", "NEOPOLYP_MAX_VIDEO_SECONDS='nan' must be a positive number of seconds"),
     ],
 )

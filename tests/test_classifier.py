@@ -98,7 +98,8 @@ def test_every_pixel_of_a_lesion_takes_the_fused_class(trained_model_dir, synthe
     image = sorted((synthetic_data / "train" / "train").glob("*.jpeg"))[1]
     one_stage = model.predict(image, second_stage=False)
     assert one_stage.lesions and all(lesion.classifier_probability is None for lesion in one_stage.lesions)
-    model.update_config(lesion_classifier={**model.config["lesion_classifier"], "fusion_weight": 1.0})
+    config = {**model.config["lesion_classifier"], "fusion_weight": 1.0}  # the classifier's call alone
+    model.update_config(lesion_classifier=config)
     calls = []
     for logit_value, expected in ((8.0, NEOPLASTIC), (-8.0, NON_NEOPLASTIC)):
         calls.clear()

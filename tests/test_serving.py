@@ -13,6 +13,7 @@ from neopolyp_hf import ConfigError, ImageLoadError, ModelSourceError, NeoPolypU
 from neopolyp_hf.inference import uncertainty_colors
 from neopolyp_hf.onnx.backend import OnnxSegmenter
 from neopolyp_hf.onnx.loading import load_segmenter
+from neopolyp_hf.serving.settings import SpaceSettings
 from neopolyp_hf.serving.space import (
     TRACK_TABLE_HEADERS,
     KeptPrediction,
@@ -21,7 +22,6 @@ from neopolyp_hf.serving.space import (
     frame_sentences,
     legend_html,
     limit_malloc_arenas,
-    parse_size,
     percentages_sentences,
     share_text,
     timeline_plot_rows,
@@ -201,15 +201,48 @@ def test_the_uncertainty_scale_uses_the_views_colours():
     [("20000000", 20_000_000), ("50MB", 50_000_000), ("50 mb", 50_000_000), ("1.5GB", 1_500_000_000), ("64KiB", 65536)],
 )
 def test_sizes_in_the_environment_take_a_unit(value, expected):
-    assert parse_size("NEOPOLYP_MAX_FILE_SIZE", value) == expected
+    assert SpaceSettings.from_environ({"NEOPOLYP_MAX_FILE_SIZE": value}).max_file_size == expected
 
 
-@pytest.mark.parametrize("value", ["fifty", "50 parsecs", "-5MB", "0", ""])
+BAD_NUMBERS = ["inf", "nan", "-1", "0", "fifty", "1e400"]
+
+
+@pytest.mark.parametrize("value", [*BAD_NUMBERS, "50 parsecs", "-5MB"])
 def test_a_size_that_is_not_one_names_the_variable_and_units(value):
     with pytest.raises(
         ConfigError, match=r"NEOPOLYP_MAX_FILE_SIZE=.* is not a size: .*\(B, KB, MB, GB, KiB, MiB, GiB\)"
     ):
-        parse_size("NEOPOLYP_MAX_FILE_SIZE", value)
+        SpaceSettings.from_environ({"NEOPOLYP_MAX_FILE_SIZE": value})
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS)
+@pytest.mark.parametrize(
+    ("variable", "unit"),
+    [
+        ("NEOPOLYP_MAX_PIXELS", "pixels"),
+        ("NEOPOLYP_CACHE_SECONDS", "seconds"),
+        ("NEOPOLYP_QUEUE_SIZE", "requests"),
+        ("NEOPOLYP_MAX_OUTPUT_MB", "megabytes"),
+        ("NEOPOLYP_MAX_SESSIONS", "sessions"),
+        ("NEOPOLYP_MAX_VIDEO_SECONDS", "seconds"),
+    ],
+)
+def test_a_limit_that_is_not_one_names_the_variable_and_never_switches_off(variable, unit, value):
+    """nan once passed the video length check and switched the limit off; inf ended in an OverflowError."""
+    with pytest.raises(ConfigError, match=f"{variable}='{value}' must be a positive number of {unit}"):
+        SpaceSettings.from_environ({variable: value})
+
+
+def test_settings_read_every_variable_and_refuse_unknown_choices(tmp_path):
+    settings = SpaceSettings.from_environ(
+        {"NEOPOLYP_MAX_VIDEO_SECONDS": "2.5", "NEOPOLYP_QUEUE_SIZE": "3", "NEOPOLYP_BACKEND": "onnx", "OTHER": "x"}
+    )
+    assert (settings.max_video_seconds, settings.queue_size, settings.backend) == (2.5, 3, "onnx")
+    assert SpaceSettings.from_environ({}) == SpaceSettings()
+    with pytest.raises(ConfigError, match="NEOPOLYP_PRECISION='int4'"):
+        SpaceSettings.from_environ({"NEOPOLYP_PRECISION": "int4"})
+    with pytest.raises(ConfigError, match="NEOPOLYP_EXAMPLES .* is not a folder"):
+        SpaceSettings.from_environ({"NEOPOLYP_EXAMPLES": str(tmp_path / "missing")})
 
 
 def test_int8_missing_from_a_trained_folder_says_how_to_make_it(random_model, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import math
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from PIL import Image
 
 from ..classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
 from ..dicom import is_dicom, read_dataset, summarize
-from ..errors import ConfigError, NeoPolypError
+from ..errors import NeoPolypError
 from ..inference import Prediction, uncertainty_colors, uncertainty_levels, uncertainty_view
 from ..masks import overlay_mask, polyp_box
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
@@ -261,31 +260,6 @@ def uncertainty_scale_html(steps: int = 11) -> str:
         '<div style="display:flex;justify-content:space-between;font-size:.85em">'
         "<span>0: one class near certain</span><span>1: the classes equally likely</span></div></div>"
     )
-
-
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(variable: str, value: str) -> int:
-    """A size from the environment in bytes: a whole number, optionally with a unit (B, KB, MB, GB,
-    KiB, MiB, GiB; "50MB", "50 MB", "20000000").
-
-    Raises:
-        ConfigError: naming the variable and the units it takes.
-    """
-    text = value.strip().replace(" ", "").upper()
-    number = text.rstrip("BKMGI")
-    unit = text[len(number) :]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in SIZE_UNITS or not math.isfinite(amount) or not amount > 0:  # inf and nan are no sizes
-        raise ConfigError(
-            f"{variable}={value!r} is not a size: give a positive number of bytes, optionally with a unit "
-            "(B, KB, MB, GB, KiB, MiB, GiB), e.g. 50MB"
-        )
-    return int(amount * SIZE_UNITS[unit])
 
 
 def held_upload_paths(demo) -> set[str]:
