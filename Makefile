@@ -13,14 +13,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: test demo lint format chromium demo-model clean
 
-$(VENV)/.installed-test: requirements.txt requirements-train.txt requirements-test.txt pyproject.toml
+# pyproject.toml declares ranges; constraints.txt holds the exact versions CI, make and the Space install
+# (made by tools/lock.py). The tests need every extra; the demo the app and train ones.
+$(VENV)/.installed-test: constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-test.txt -e .
+	$(PY) -m pip install -q -c constraints.txt -e '.[app,train,batch,dicom,test]'
 	touch $@
 
-$(VENV)/.installed-demo: requirements.txt requirements-train.txt pyproject.toml
+$(VENV)/.installed-demo: constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-train.txt -e .
+	$(PY) -m pip install -q -c constraints.txt -e '.[app,train]'
 	touch $@
 
 # Browser tests drive a Chromium that is installed (playwright's own download is not used). Where none

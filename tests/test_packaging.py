@@ -1,5 +1,5 @@
-"""Install metadata: the extras match the pinned requirement files, and every pin installs on the
-Python versions that pyproject.toml and the Space's front matter promise. Nothing is installed."""
+"""Install metadata: ranges in pyproject.toml, exact versions in one generated constraints file, every pin
+installable on the promised Pythons; and the built wheel installed beside another torch."""
 
 from __future__ import annotations
 
@@ -8,26 +8,18 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
+from pathlib import Path
 
-from helpers import ROOT
+import pytest
+from helpers import ROOT, load_script
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-
-def pins(path) -> dict[str, str]:
-    """name -> version of a requirement file's `name==version` lines, following `-r` includes."""
-    found = {}
-    for line in (ROOT / path).read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line.startswith("-r "):
-            found.update(pins(line[3:].strip()))
-        elif line:
-            requirement = Requirement(line)
-            found[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
-    return found
+read_constraints = load_script("lock", folder="tools").read_constraints
 
 
 def project() -> dict:
@@ -45,30 +37,34 @@ def front_matter_python() -> str:
     return match.group(1)
 
 
-def test_extras_match_the_pinned_requirement_files():
+def test_pyproject_declares_ranges_and_the_pins_live_in_one_generated_file():
     meta = project()
-    core, extras = group(meta["dependencies"]), {k: group(v) for k, v in meta["optional-dependencies"].items()}
-    assert set(extras) >= {"train", "app", "video"}
-    space, training = pins("requirements.txt"), pins("requirements-train.txt")
-    assert {**core, **extras["app"], **extras["video"]} == space  # the Space installs core + app + video
-    assert {**space, **extras["train"]}.items() <= training.items()  # train/ needs what the file pins
-    assert set(training) - set(space) <= set(extras["train"])  # and nothing the file adds is missing
-    assert extras["batch"].items() <= {**training, **pins("requirements-test.txt")}.items()  # make test installs it
-    for name, version in {**core, **extras["app"], **extras["video"], **extras["train"], **extras["batch"]}.items():
-        assert version and not version.startswith(("<", ">", "~", "!")), f"{name} is not pinned"
+    declared = list(meta["dependencies"]) + [r for extra in meta["optional-dependencies"].values() for r in extra]
+    pinned = read_constraints()
+    for text in declared:
+        requirement = Requirement(text)
+        assert not any(spec.operator in ("==", "===") for spec in requirement.specifier), f"{text} is an exact pin"
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} has no version in constraints.txt"
+        assert requirement.specifier.contains(pinned[name]), f"constraints.txt's {pinned[name]} is outside '{text}'"
+    # The Space's requirements.txt is made from pyproject.toml and constraints.txt, not written by hand.
+    check = subprocess.run([sys.executable, str(ROOT / "tools" / "lock.py"), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
 
 
 def test_every_pin_installs_on_the_promised_pythons():
     lower = Version(re.fullmatch(r">=\s*([0-9.]+)", project()["requires-python"]).group(1))
     space_python = Version(front_matter_python())
     assert space_python in SpecifierSet(project()["requires-python"])
-    everything = {**pins("requirements-train.txt"), **pins("requirements-test.txt")}
-    for name, version in everything.items():
-        installed = importlib.metadata.version(name)
-        assert installed == version, f"{name}: pinned {version}, installed {installed}"
+    meta = project()
+    declared = list(meta["dependencies"]) + [r for extra in meta["optional-dependencies"].values() for r in extra]
+    pinned = read_constraints()
+    for name in {canonicalize_name(Requirement(text).name) for text in declared}:
+        installed = Version(importlib.metadata.version(name)).public
+        assert installed == pinned[name], f"{name}: pinned {pinned[name]}, installed {installed}"
         requires = importlib.metadata.metadata(name).get("Requires-Python") or ""
         for python in (lower, space_python):
-            assert python in SpecifierSet(requires), f"{name}=={version} needs Python {requires}, not {python}"
+            assert python in SpecifierSet(requires), f"{name}=={pinned[name]} needs Python {requires}, not {python}"
 
 
 def test_every_subpackage_is_installed():
@@ -174,15 +170,89 @@ def test_the_app_and_train_extras_hold_what_their_folders_import():
             assert extras[room].items() <= extras[user].items(), (user, room)
 
 
-def test_each_console_command_runs_from_the_installed_package():
-    """The tools are reachable without a checkout: each `[project.scripts]` entry answers --help."""
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+def fake_distribution(site: Path, name: str, version: str) -> None:
+    """An installed distribution's metadata and nothing else: what pip reads to decide what to keep."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("")
+
+
+def pip_into(python: Path, *args: str) -> subprocess.CompletedProcess:
+    """This environment's pip, installing into another interpreter's environment, with no index and no
+    machine configuration: nothing can come from anywhere but the files named."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q", *args],
+        capture_output=True,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, "PIP_CONFIG_FILE": os.devnull},
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_beside_another_torch_and_each_command_runs_from_it(tmp_path):
+    """A library user's environment holds torch 2.14.0 and torchvision 0.29.0, other patch releases than
+    constraints.txt's: pip installs the built wheel into it and keeps them (with exact pins it could not).
+    Then every console command answers --help from the installed wheel, no checkout on the path."""
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob("neopolyp_hf-*.whl"))
+
+    user = tmp_path / "user-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(user)], check=True)
+    site = Path(next(user.glob("lib/python*/site-packages")))
+    held = {"torch": "2.14.0", "torchvision": "0.29.0"}
+    pinned = read_constraints()
+    for text in project()["dependencies"]:
+        name = canonicalize_name(Requirement(text).name)
+        fake_distribution(site, name, held.get(name, pinned[name]))
+    installed = pip_into(user / "bin" / "python", str(wheel))
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    names = [p.name.removesuffix(".dist-info").rsplit("-", 1) for p in site.glob("*.dist-info")]
+    versions = {canonicalize_name(name): version for name, version in names}
+    assert versions["torch"] == "2.14.0" and versions["torchvision"] == "0.29.0"
+    assert versions["neopolyp-hf"] == project()["version"]
+
+    # The commands: the wheel in an environment that sees this one's packages (a .pth line adds its site-packages
+    # after the wheel's own; the checkout's editable hook is not run from there).
+    tools = tmp_path / "tools-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tools)], check=True)
+    tools_site = Path(next(tools.glob("lib/python*/site-packages")))
+    (tools_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = pip_into(tools / "bin" / "python", "--no-deps", str(wheel))
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    where = subprocess.run(
+        [str(tools / "bin" / "python"), "-c", "import neopolyp_hf; print(neopolyp_hf.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(tools_site)  # the wheel's copy, not the checkout's
+    scripts = project()["scripts"]
     assert {"neopolyp-predict", "neopolyp-evaluate", "neopolyp-export", "neopolyp-push", "neopolyp-batch"} <= set(
         scripts
     )
-    folder = os.path.dirname(sys.executable)
     for name in scripts:
         result = subprocess.run(
-            [os.path.join(folder, name), "--help"], capture_output=True, text=True, timeout=120, cwd="/"
+            [str(tools / "bin" / name), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
         )
         assert result.returncode == 0 and "usage:" in result.stdout, (name, result.stderr[-500:])
