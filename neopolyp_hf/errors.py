@@ -29,3 +29,7 @@ class VideoLoadError(NeoPolypError, ValueError):
 
 class EncoderWeightsError(NeoPolypError, OSError):
     """Pretrained encoder weights that cannot be had (a missing package or download) or do not fit the encoder."""
+
+
+class HubError(NeoPolypError, OSError):
+    """The Hub cannot take a push: no token, a refused token, or no connection; the message says which."""

@@ -3,7 +3,7 @@
 Reads are served by `olah` (a real Hub-protocol mirror, PyPI) in offline mode from git repos under
 its mirrors path. olah has no write routes, so `HubFront` sits in front of it on its own port:
 it answers the part of the Hub's HTTP API that `huggingface_hub` uses for a regular (non-LFS)
-commit -- repo create, validate-yaml, preupload, and the NDJSON commit -- by committing into the
+commit -- whoami (one token), repo create, validate-yaml, preupload, and the NDJSON commit -- by committing into the
 same git folders that olah serves, and forwards every other request to olah unchanged. The client
 code under test is the real `huggingface_hub`, pointed here with HF_ENDPOINT.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from neopolyp_hf.serving.loopback import free_port
 
 GIT = ["git", "-c", "user.name=hub", "-c", "user.email=hub@localhost", "-c", "commit.gpgsign=false"]
+TOKEN = "hf_local_test_token"  # the one token this Hub accepts
 REPO_PATH = r"/api/(?P<type>models|datasets|spaces)/(?P<org>[\w.-]+)/(?P<name>[\w.-]+)"
 
 
@@ -151,7 +152,13 @@ class HubFront(BaseHTTPRequestHandler):
             self.wfile.write(data)
         connection.close()
 
-    do_GET = _proxy
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/api/whoami-v2":  # the token check a push makes before any work
+            if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+                return self._json(200, {"type": "user", "name": "tester", "auth": {"type": "access_token"}})
+            return self._json(401, {"error": "Invalid credentials in Authorization header"})
+        self._proxy()
+
     do_HEAD = _proxy
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, start_app, stop_app
-from hub_server import LocalHub, commit_files, create_repo
+from hub_server import TOKEN, LocalHub, commit_files, create_repo
 
 from neopolyp_hf import NeoPolypUNet
+from neopolyp_hf.serving.loopback import free_port
 
 REPO = "test-org/neopolyp"
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def hub_env(hub, tmp_path_factory) -> dict[str, str]:
         **os.environ,
         "HF_ENDPOINT": hub.endpoint,
         "HF_HUB_OFFLINE": "0",
-        "HF_TOKEN": "hf_local_test_token",
+        "HF_TOKEN": TOKEN,
         "HF_HOME": str(tmp_path_factory.mktemp("hf_home")),
     }
 
@@ -281,3 +282,49 @@ def test_space_restarts_offline_from_the_cache(pushed, hub, hub_env, tmp_path):
         assert set(percentages) == {"neoplastic", "non_neoplastic"}
     finally:
         stop_app(process)
+
+
+def test_push_checks_the_hub_and_its_token_before_any_work(hub, hub_env, trained_model_dir, synthetic_data, tmp_path):
+    """Offline, without a token or with a refused one, push fails at once in one line naming the repo, and
+    writes nothing (it once worked four minutes, then died in a 60-line connection traceback)."""
+    bundle = tmp_path / "bundle"
+    command = [sys.executable, str(ROOT / "train" / "push.py"), "--run-dir", str(trained_model_dir)]
+    command += ["--data-dir", str(synthetic_data), "--repo-id", REPO, "--output-dir", str(bundle)]
+    no_token = {k: v for k, v in hub_env.items() if k != "HF_TOKEN"}
+    cases = {
+        "HF_HUB_OFFLINE is set": {**hub_env, "HF_HUB_OFFLINE": "1"},
+        "no Hub token": no_token,
+        "the Hub refused the token (HTTP 401)": {**hub_env, "HF_TOKEN": "hf_wrong"},
+        "cannot be reached": {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+    }
+    for reason, env in cases.items():
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"cannot push to '{REPO}'" in result.stderr and reason in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not bundle.exists()
+
+
+def test_the_publishable_bundle_is_written_locally_without_a_hub(trained_model_dir, synthetic_data, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from neopolyp_hf.training.publish import sha256
+
+    bundle = tmp_path / "bundle"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "push.py"), "--run-dir", str(trained_model_dir)]
+        + ["--data-dir", str(synthetic_data), "--output-dir", str(bundle)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"bundle written to {bundle}" in result.stdout
+    files = {p.name for p in bundle.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "model.onnx", "model_int8.onnx"} <= files
+    card = ModelCard.load(bundle / "README.md")
+    assert sha256(bundle / "model_int8.onnx") in card.text and "Expected calibration error" in card.text
+    assert (bundle / "model.safetensors").read_bytes() == (
+        trained_model_dir / "best" / "model.safetensors"
+    ).read_bytes()
+    assert not list(tmp_path.glob("bundle.*"))  # nothing half-made beside it

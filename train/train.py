@@ -30,7 +30,7 @@ from neopolyp_hf.atomic import exit_on_sigterm, recover_dir, replace_dir_atomic,
 from neopolyp_hf.classes import DATASET_ID
 from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.classifier.model import LITE_ENCODERS
-from neopolyp_hf.errors import EncoderWeightsError
+from neopolyp_hf.errors import EncoderWeightsError, HubError
 from neopolyp_hf.logodds import sigmoid
 from neopolyp_hf.model import head_scores
 from neopolyp_hf.pretrained import LITE_CHECKPOINTS, load_lite_imagenet, offline_imagenet, weights_provenance
@@ -48,7 +48,7 @@ from neopolyp_hf.training.evaluation import evaluate_model
 from neopolyp_hf.training.lesion_classifier import extract_lesion_patches, train_lesion_classifier
 from neopolyp_hf.training.metrics import DiceAccumulator
 from neopolyp_hf.training.progress import progress_bar
-from neopolyp_hf.training.publish import publish_run
+from neopolyp_hf.training.publish import check_hub, publish_run
 from neopolyp_hf.training.reporting import save_training_curves, save_validation_overlays
 
 STATE_FILE = "training_state.json"
@@ -414,6 +414,11 @@ def main(args: argparse.Namespace) -> dict:
     """Train, keep the best and last checkpoints, write reports, optionally push; returns the best metrics."""
     if args.push and not args.repo_id:
         raise SystemExit("error: --push needs --repo-id ORG/NAME")
+    if args.push:  # the Hub and the token, before hours of training
+        try:
+            check_hub(args.repo_id)
+        except HubError as error:
+            raise SystemExit(f"error: {error}") from None
     check_report_to(args.report_to)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
