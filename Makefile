@@ -11,7 +11,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test demo lint format chromium demo-model clean
+.PHONY: test test-fast demo lint format chromium demo-model clean
 
 # pyproject.toml declares ranges; constraints.txt holds the exact versions CI, make and the Space install
 # (made by tools/lock.py). The tests need every extra; the demo the app and train ones.
@@ -46,6 +46,10 @@ format: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test chromium lint
 	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q
+
+# The quick part: nothing that trains, serves or encodes video (a few minutes on 2 cores).
+test-fast: $(VENV)/.installed-test lint
+	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q -m "not slow"
 
 # A small model trained on synthetic data, used only where NEOPOLYP_MODEL is unset.
 $(DEMO_MODEL)/config.json: | $(VENV)/.installed-demo

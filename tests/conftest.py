@@ -17,6 +17,17 @@ os.environ["NEOPOLYP_CACHE"] = tempfile.mkdtemp(prefix="neopolyp-test-cache-")
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# Fixtures that train a model, serve one or encode video: a test that uses one is slow whether or not it says
+# so, and `pytest -m "not slow"` (make test-fast) leaves it out. Tests that do such work themselves are marked.
+SLOW_FIXTURES = {"trained_model_dir", "served", "client", "small_clip", "pushed", "hub", "hub_env", "real_model_dir"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 REAL_DATA = Path(os.environ.get("NEOPOLYP_DATA", ROOT.parent / "shared" / "data" / "bkai-igh-neopolyp"))
 
 

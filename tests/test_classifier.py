@@ -164,6 +164,7 @@ def test_onnx_exports_the_classifier_as_a_second_graph_with_parity(trained_model
         OnnxSegmenter(path)
 
 
+@pytest.mark.slow
 def test_classifier_training_resumes_and_refuses_a_single_class(synthetic_data, tmp_path, capsys):
     patches = extract_lesion_patches(find_pairs(synthetic_data)[:24], crop_size=32, margin=0.25)
     assert len(patches.neoplastic) > 8 and 0 < patches.neoplastic.sum() < len(patches.neoplastic)

@@ -138,6 +138,7 @@ def elementary_stream(frames, path: Path, codec: str, muxer: str) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mp4", "elementary", "fragmentable", "mpeg2", "hevc"])
 def test_dicom_video_gives_the_timeline_of_the_same_clip(variant, clip_frames_rgb, model_dir, tmp_path):
     mp4 = encode(tmp_path / "clip.mp4", clip_frames_rgb, fps=10)
@@ -206,6 +207,7 @@ def test_a_seg_round_trips_the_mask_and_references_its_source(model_dir, tmp_pat
     assert info["series"] == [source.SeriesInstanceUID]
 
 
+@pytest.mark.slow
 def test_no_patient_field_reaches_an_output_or_a_log(clip_frames_rgb, model_dir, tmp_path, capfd):
     images = tmp_path / "images"
     images.mkdir()

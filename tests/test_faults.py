@@ -91,6 +91,7 @@ def test_a_full_disk_is_named_and_leaves_no_partial_outputs(model_dir, tmp_path)
         assert sorted(p.name for p in disk.rglob("*")) == []  # no mask, no folder, no temporary file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(stop, model_dir, tmp_path):
     from neopolyp_hf.training.clips import write_clip
@@ -127,6 +128,7 @@ def test_sigterm_stops_a_video_run_and_leaves_nothing_half_written(stop, model_d
     assert not out.exists() or sorted(p.name for p in out.rglob("*")) == []
 
 
+@pytest.mark.slow
 def test_a_variable_frame_rate_recording_keeps_its_frame_times(random_model, tmp_path):
     """A browser MediaRecorder WebM: VP8 frames at irregular times. The overlay plays in the upload's time."""
     import av
@@ -213,6 +215,7 @@ def _pq_to_srgb(signal: np.ndarray) -> np.ndarray:
     return _display_to_srgb(10000 * (np.maximum(power - c1, 0) / (c2 - c3 * power)) ** (1 / m1) / 203)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transfer", ["HLG", "PQ"])
 def test_an_hdr_clip_is_tone_mapped_to_sdr(transfer, random_model, tmp_path):
     """An iPhone-style HDR clip (HEVC Main 10, BT.2020, HLG) and an HDR10 one (PQ). Flat patches of known signal."""

@@ -28,6 +28,7 @@ def frames(clip_scenes):
     return [frame for _, frame, _ in clip_frames(clip_scenes, 6, (160, 120))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, codec, options",
     [
@@ -52,6 +53,7 @@ def test_common_formats_decode_frame_by_frame(frames, tmp_path, name, codec, opt
         assert set(gaps.tolist()) == {0.1, 0.2}  # variable frame rate: the times are the frames' own
 
 
+@pytest.mark.slow
 def test_bad_videos_get_errors_that_name_the_problem(frames, tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
@@ -82,6 +84,7 @@ def test_a_clip_without_frames_is_refused(tmp_path):
         list(read_frames(path))
 
 
+@pytest.mark.slow
 def test_the_writer_makes_browser_h264_atomically(frames, tmp_path):
     import av
 
