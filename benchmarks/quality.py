@@ -100,6 +100,8 @@ def train_command(
         output_dir,
         "--recipe",
         name,
+        "--encoder-name",  # the recipe's own, on any device (train.py's GPU default is another encoder)
+        recipe.encoder_name,
         "--image-size",
         str(image_size or recipe.cpu_image_size),
         "--epochs",

@@ -307,7 +307,8 @@ def test_the_protocol_command_trains_the_default_recipe_at_its_cpu_budget():
     args = load_script("train").get_args_parser().parse_args(command[2:])  # a command train.py accepts
     recipe = recipes.resolve_recipe(args.recipe)
     assert (args.recipe, args.data_dir, args.output_dir) == ("neopolyp", "DATA", "OUT")
-    assert args.encoder_name is None and args.encoder_weights is None  # the recipe's encoder and weights
+    # The recipe's own encoder on any device (train.py's GPU default is another), and its weights.
+    assert args.encoder_name == recipe.encoder_name and args.encoder_weights is None
     assert (args.image_size, args.epochs) == (recipe.cpu_image_size, recipe.cpu_epochs)
     assert args.checkpoint == "last" and args.val_fraction == 0.2  # the usual validation share
 
@@ -353,6 +354,23 @@ def test_the_run_says_which_device_it_trains_on_and_why_not_a_gpu(monkeypatch):
     assert line.startswith("training on the CPU (") and "a CUDA 13.0 build but sees no usable GPU" in line
     monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only torch: nothing to explain
     assert "GPU" not in train_script.describe_device(torch.device("cpu"))
+
+
+def test_the_defaults_follow_the_device_and_say_so():
+    from neopolyp_hf.training import recipes
+
+    recipe = recipes.resolve_recipe(recipes.DEFAULT_RECIPE)
+    args = train_script.get_args_parser().parse_args(["--data-dir", "d", "--output-dir", "o"])
+    line = train_script.fill_device_defaults(args, recipe, gpu=False)
+    assert (args.encoder_name, args.image_size, args.epochs) == ("timm-tf_efficientnet_lite0", 192, 16)
+    assert "on a CPU" in line and "the CPU protocol" in line
+    args = train_script.get_args_parser().parse_args(["--data-dir", "d", "--output-dir", "o"])
+    line = train_script.fill_device_defaults(args, recipe, gpu=True)
+    assert (args.encoder_name, args.image_size, args.epochs) == ("timm-tf_efficientnet_lite2", 352, 30)
+    assert "on a GPU" in line and "0.734" in line
+    args = train_script.get_args_parser().parse_args(["--data-dir", "d", "--output-dir", "o", "--image-size", "256"])
+    line = train_script.fill_device_defaults(args, recipe, gpu=True)
+    assert args.image_size == 256 and "--image-size" not in line and "--epochs" in line  # a flag given is kept
 
 
 def test_pixel_balance_draws_minority_only_images_until_the_polyp_classes_pixel_totals_match():

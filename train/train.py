@@ -73,11 +73,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="change one field of the recipe (repeatable), e.g. minority_oversampling=1",
     )
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="default: the recipe's for the device (CPU: 16, GPU: 30 for neopolyp)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--image-size", type=int, default=256, help="square input size, a multiple of 32")
-    parser.add_argument("--encoder-name", default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square input size, a multiple of 32 (default: the recipe's for the device: CPU 192, GPU 352)",
+    )
+    parser.add_argument("--encoder-name", default=None, help="default: the recipe's for the device")
     parser.add_argument(
         "--encoder-weights",
         default=None,
@@ -284,6 +291,23 @@ def find_last_checkpoint(out: Path) -> Path | None:
     return last if (last / STATE_FILE).is_file() else None
 
 
+def fill_device_defaults(args: argparse.Namespace, recipe: recipes.Recipe, gpu: bool) -> str:
+    """Fill the encoder, input size and epochs that the flags leave unset with the recipe's for this device
+    (the card then records what was trained); returns the line that says what was chosen and why."""
+    device = "GPU" if gpu else "CPU"
+    defaults = recipe.device_defaults(gpu)
+    chosen = []
+    for flag, key in (("encoder_name", "encoder_name"), ("image_size", "image_size"), ("epochs", "epochs")):
+        if getattr(args, flag) is None:
+            setattr(args, flag, defaults[key])
+            chosen.append(flag)
+    line = f"{recipe.name} on a {device}: {args.encoder_name} at {args.image_size} px, {args.epochs} epochs"
+    if chosen:
+        line += f" ({', '.join(f'--{c.replace(chr(95), chr(45))}' for c in chosen)}: the recipe's {device} default"
+        line += f"; {defaults['why']})" if defaults.get("why") else ")"
+    return line
+
+
 def describe_device(device: torch.device) -> str:
     """The line a run prints first: where it trains, and why not on a GPU where torch could use one."""
     if device.type == "cuda":
@@ -427,8 +451,6 @@ def main(args: argparse.Namespace) -> dict:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     lr = args.lr if args.lr is not None else recipe.lr
-    # The encoder: the flags', else the recipe's (the card then records what was trained).
-    args.encoder_name = args.encoder_name or recipe.encoder_name
     args.encoder_weights = args.encoder_weights or recipe.encoder_weights
     batch_size = args.batch_size or recipe.batch_size
     scheduler_name = args.scheduler or recipe.scheduler
@@ -441,6 +463,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     set_seed(args.seed)
     accelerator.print(describe_device(accelerator.device))
+    accelerator.print(fill_device_defaults(args, recipe, accelerator.device.type == "cuda"))
     model = build_model(args, recipe)
     try:
         samples, train_cache, val_cache = prepare_data(args, accelerator, out)

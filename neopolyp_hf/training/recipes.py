@@ -18,6 +18,8 @@ from ..classes import CLASS_NAMES, MINORITY_CLASS, NON_NEOPLASTIC, POLYP_CLASSES
 from ..model import head_scores
 from .data import holds_minority_class
 
+GPU_DEFAULT_WHY = "the best measured on GPU folds: mean Dice 0.734 ± 0.019 over 3 folds, docs/quality.md"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -53,6 +55,10 @@ class Recipe:
     # The CPU protocol (from scratch, 2 cores, at most 40 minutes on the slowest CPU seen): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
+    # On a GPU, where train.py's flags leave them unset: the encoder, input size and epochs (0 or "": the CPU's).
+    gpu_encoder_name: str = ""
+    gpu_image_size: int = 0
+    gpu_epochs: int = 0
     # The second stage (neopolyp_hf.classifier), trained after the segmenter in the same run; 0 epochs: none.
     classifier_epochs: int = 0
     classifier_architecture: str = "resnet10"  # or "resnet18", "lite0" (from ImageNet; neopolyp_hf.classifier.model)
@@ -61,6 +67,18 @@ class Recipe:
     classifier_batch_size: int = 32
     classifier_lr: float = 2e-3
     fusion_weight: float = 0.5  # the classifier's share of the fused log-odds
+
+    def device_defaults(self, gpu: bool) -> dict:
+        """The encoder, input size and epochs train.py uses where its flags leave them unset, with why."""
+        cpu = {"encoder_name": self.encoder_name, "image_size": self.cpu_image_size, "epochs": self.cpu_epochs}
+        if not gpu:
+            return {**cpu, "why": "the CPU protocol" if self.name == DEFAULT_RECIPE else ""}
+        return {
+            "encoder_name": self.gpu_encoder_name or cpu["encoder_name"],
+            "image_size": self.gpu_image_size or cpu["image_size"],
+            "epochs": self.gpu_epochs or cpu["epochs"],
+            "why": GPU_DEFAULT_WHY if self.gpu_image_size else "",
+        }
 
     def lesion_classifier_settings(self) -> dict | None:
         """The model config's `lesion_classifier` for this recipe (temperature 1 until calibrated), or None."""
@@ -110,6 +128,10 @@ NEOPOLYP_V1 = Recipe(
     # more than the spread, and the larger input keeps more of the surface that the class is read from.
     cpu_image_size=192,
     cpu_epochs=16,
+    # On a GPU: the best recipe measured on GPU folds (benchmarks/results/quality_folds_gpu_lite2_256_352.json).
+    gpu_encoder_name="timm-tf_efficientnet_lite2",
+    gpu_image_size=352,
+    gpu_epochs=30,
 )
 NEOPOLYP_V2 = replace(
     NEOPOLYP_V1,
