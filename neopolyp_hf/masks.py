@@ -97,4 +97,9 @@ def save_mask_png(classes: np.ndarray, path: str | Path, colors: Colors = CLASS_
 def class_percentages(classes: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """Percentage of all pixels in each polyp class (class 0, background, left out)."""
     # One comparison per class: several times faster than a bincount over a full frame.
-    return {name: 100.0 * np.count_nonzero(classes == i) / classes.size for i, name in enumerate(class_names) if i > 0}
+    # Plain floats (np.count_nonzero gives a NumPy integer): they print and serialize as numbers.
+    return {
+        name: float(100.0 * np.count_nonzero(classes == i) / classes.size)
+        for i, name in enumerate(class_names)
+        if i > 0
+    }

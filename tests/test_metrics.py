@@ -140,3 +140,27 @@ def test_confident_lesion_calls_against_all_calls():
     assert result["lesion_calls"] == 3 and result["lesion_call_accuracy"] == pytest.approx(2 / 3)
     assert result["confident_lesion_calls"] == 2 and result["confident_lesion_call_accuracy"] == 1.0
     assert result["uncertain_call_share"] == pytest.approx(1 / 3)
+
+
+def test_training_curves_of_a_single_epoch_show_its_points(tmp_path):
+    """After one epoch each curve is a single point, which a bare line does not draw: the plot was blank but
+    for its legend (about 290 coloured pixels; with the points drawn, about 960)."""
+    from PIL import Image
+
+    from neopolyp_hf.training.reporting import save_training_curves
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9}]
+    history[0].update(val_dice_neoplastic=0.5, val_dice_non_neoplastic=0.3, val_dice_mean=0.4)
+    save_training_curves(history, tmp_path / "curves.png")
+    pixels = np.asarray(Image.open(tmp_path / "curves.png").convert("RGB")).astype(int)
+    assert ((pixels.max(2) - pixels.min(2)) > 60).sum() > 600
+
+
+def test_validation_overlays_say_which_panel_is_the_truth(tmp_path):
+    from neopolyp_hf.training.reporting import label_panel
+
+    panel = np.full((200, 300, 3), 128, np.uint8)
+    label_panel(panel, "truth")
+    corner = panel[:30, :80]
+    assert (corner == 0).all(axis=2).any() and (corner == 255).all(axis=2).any()  # white text on a black box
+    assert (panel[100:, 150:] == 128).all()  # the rest untouched

@@ -161,6 +161,8 @@ def test_predict_shapes_and_views(random_model):
     assert set(prediction.percentages) == {"neoplastic", "non_neoplastic"}
     counts = np.bincount(prediction.mask.ravel(), minlength=3)
     assert prediction.percentages["neoplastic"] == pytest.approx(100 * counts[1] / counts.sum())
+    shares = [*prediction.percentages.values(), *prediction.polyp_percentages.values()]
+    assert all(type(v) is float for v in shares)  # plain floats: they print as numbers, not np.float64(...)
     assert prediction.overlay.size == (120, 90)
     _, _, stats, _ = cv2.connectedComponentsWithStats((prediction.mask > 0).astype(np.uint8), connectivity=8)
     listed = [int(a) for a in stats[1:, cv2.CC_STAT_AREA] if a >= random_model.config["min_lesion_area"]]

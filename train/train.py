@@ -551,9 +551,10 @@ def main(args: argparse.Namespace) -> dict:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         accelerator.log(record, step=epoch)
-        scores = " ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items())
+        scores = "  validation: " + " ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items())
+        scores = scores if metrics else ""
         accelerator.print(
-            f"epoch {epoch}/{args.epochs}  train_loss {train_loss:.4f}  {scores}"
+            f"epoch {epoch}/{args.epochs}  train_loss {train_loss:.4f}{scores}"
             f"{'  *best*' if improved else ''}  ({record['epoch_seconds']:.0f}s)"
         )
     accelerator.end_training()
@@ -587,6 +588,10 @@ def main(args: argparse.Namespace) -> dict:
         if args.push:
             url = publish_run(out, samples, args.repo_id, private=args.private)
             print(f"pushed to {args.repo_id}: {url}")
+        print(
+            f"outputs in {out}: best/ (the model; serve it with NEOPOLYP_MODEL={best_dir} make demo), "
+            "last/ (resume with --resume), metrics.jsonl, training_curves.png, overlays/ (truth | prediction)"
+        )
     return state["best_metrics"]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -20,10 +21,11 @@ from .data import Sample, load_pair  # noqa: E402
 def save_training_curves(history: list[dict], path: Path) -> None:
     """Loss (train, val) and val Dice (per class, mean) per epoch."""
     figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axis.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], label="train")
+    # Markers: a run of one epoch (or one validation) is a single point, which a bare line does not draw.
+    loss_axis.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o", label="train")
     history = [h for h in history if "val_loss" in h]  # the epochs that were validated
     epochs = [h["epoch"] for h in history]
-    loss_axis.plot(epochs, [h["val_loss"] for h in history], label="val")
+    loss_axis.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_axis.legend()
     for key, label in [
@@ -31,7 +33,7 @@ def save_training_curves(history: list[dict], path: Path) -> None:
         ("val_dice_non_neoplastic", "non-neoplastic"),
         ("val_dice_mean", "mean"),
     ]:
-        dice_axis.plot(epochs, [h[key] for h in history], label=label)
+        dice_axis.plot(epochs, [h[key] for h in history], marker="o", label=label)
     dice_axis.set(xlabel="epoch", ylabel="pooled Dice", title="Validation Dice", ylim=(0, 1))
     dice_axis.legend()
     figure.tight_layout()
@@ -40,18 +42,30 @@ def save_training_curves(history: list[dict], path: Path) -> None:
 
 
 def save_validation_overlays(model: NeoPolypUNet, samples: list[Sample], folder: Path) -> None:
-    """For each sample, truth (left) beside prediction (right), at half the original size."""
+    """For each sample, truth (left) beside prediction (right), at half the original size, each panel
+    labelled in its top-left corner."""
     folder.mkdir(parents=True, exist_ok=True)
     colors = model.config["class_colors"]
     for sample in samples:
         image, truth = load_pair(sample)
         prediction = model.predict(image)
-        side_by_side = np.concatenate(
-            [np.asarray(overlay_mask(image, truth, colors)), np.asarray(prediction.overlay)], axis=1
-        )
+        panels = [np.array(overlay_mask(image, truth, colors)), np.array(prediction.overlay)]
+        for panel, label in zip(panels, ("truth", "prediction"), strict=True):
+            label_panel(panel, label)
+        side_by_side = np.concatenate(panels, axis=1)
         picture = Image.fromarray(side_by_side)
         picture = picture.resize((picture.width // 2, picture.height // 2))
         write_atomic(folder / f"{sample.id}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+
+
+def label_panel(panel: np.ndarray, text: str) -> None:
+    """Write `text` in white on a black box in the top-left corner of an RGB panel, in place, sized to be
+    readable after the overlays are halved."""
+    scale = max(0.6, panel.shape[1] / 600)
+    thickness = max(1, round(scale * 2))
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.rectangle(panel, (0, 0), (width + 12, height + baseline + 12), (0, 0, 0), -1)
+    cv2.putText(panel, text, (6, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def save_reliability_plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
