@@ -18,7 +18,9 @@ from neopolyp_hf.serving.handlers import Examples, SpaceHandlers, page_examples
 from neopolyp_hf.serving.settings import SpaceSettings
 from neopolyp_hf.serving.space import (
     LESION_HEADERS,
+    LESION_TABLE_HELP,
     TRACK_TABLE_HEADERS,
+    card_figures,
     class_color_map,
     legend_html,
     limit_malloc_arenas,
@@ -100,6 +102,7 @@ def build_demo(model, info, settings: SpaceSettings, examples: Examples | None =
                 elem_id="lesions",
                 interactive=False,
             )
+            gr.Markdown(LESION_TABLE_HELP, elem_id="lesions-help")
             if examples.images:
                 gr.Examples(examples.images, inputs=image_input, label=examples.label)
         with gr.Tab("Video"):
@@ -151,7 +154,8 @@ def build_demo(model, info, settings: SpaceSettings, examples: Examples | None =
         gr.Markdown(
             f"Model: `{handlers.model_name}` · revision: `{info.revision}` · backend: `{info.backend}` on "
             f"`{info.device}` ({info.precision}) · input {config['input_size']} px, "
-            f"trained on: {', '.join(info.datasets) or 'unknown'}",
+            f"trained on: {', '.join(info.datasets) or 'unknown'}"
+            + (f" · its card's held-out figures: {card_figures(info.metrics)}" if info.metrics else ""),
             elem_id="model-info",
         )
 

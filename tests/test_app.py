@@ -268,6 +268,17 @@ def test_the_built_page_names_its_model_limits_and_api_without_a_server(page):
     endpoints = {d.get("api_name") for d in config["dependencies"] if d.get("api_visibility") != "private"}
     assert {"predict", "predict_video", "predict_seg"} <= endpoints
     assert demo._queue.max_size == 16  # the settings' default queue: bounded
+    assert "*pixel confidence*: the mean" in text  # every lesion column explained
+
+
+def test_the_page_shows_the_models_card_figures(app_module, page):
+    import dataclasses
+
+    demo, folder = page
+    model, info = load_segmenter(str(folder), backend="torch")
+    info = dataclasses.replace(info, metrics=(("dice_mean", 0.65), ("dice_neoplastic", 0.8123)))
+    text = json.dumps(app_module.build_demo(model, info, SpaceSettings()).get_config_file(), default=str)
+    assert "card's held-out figures: dice mean 0.650, dice neoplastic 0.812" in text
 
 
 def test_the_page_takes_its_colours_and_names_from_the_one_class_table(page):
@@ -355,7 +366,7 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     from gradio_client import handle_file
 
     from neopolyp_hf.classes import display_name
-    from neopolyp_hf.serving.space import TRACK_TABLE_HEADERS
+    from neopolyp_hf.serving.space import MIN_TRACK_FRAMES, TRACK_TABLE_HEADERS
     from neopolyp_hf.training.clips import clip_frames, write_clip
     from neopolyp_hf.video.io import probe_video, read_frames
     from neopolyp_hf.video.pipeline import write_video_outputs
@@ -366,7 +377,8 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     segmenter, _ = load_segmenter(str(served[1]))  # the app's backend: ONNX Runtime on a CPU
     expected = write_video_outputs(segmenter, small_clip)
     assert tracks["headers"] == TRACK_TABLE_HEADERS  # readable headers, display names, times in seconds
-    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in expected.tracks]
+    listed = [r for r in expected.tracks if int(r[6]) >= MIN_TRACK_FRAMES]  # fragments are counted, not listed
+    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in listed]
     assert len(timeline["data"]) == 2 * expected.frames  # a point per frame and polyp class
 
     long_clip = write_clip(
@@ -385,7 +397,7 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
             client.predict(handle_file(str(bad)), api_name="/predict_video")
         assert str(tmp_path) not in str(raised.value)  # the upload is named by its file name only
     _, _, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
-    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in expected.tracks]  # serving
+    assert [row[:2] for row in tracks["data"]] == [[r[0], display_name(r[1])] for r in listed]  # still serving
     phone = encode(tmp_path / "phone.mp4", [marked_frame(320, 240)] * 4, rotation=-90)
     clip, _, _ = client.predict(handle_file(str(phone)), api_name="/predict_video")
     upright = next(iter(read_frames(clip["video"] if isinstance(clip, dict) else clip))).rgb

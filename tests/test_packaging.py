@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -196,6 +197,11 @@ def test_the_wheel_installs_beside_another_torch_and_each_command_runs_from_it(t
     """A library user's environment holds torch 2.14.0 and torchvision 0.29.0, other patch releases than
     constraints.txt's: pip installs the built wheel into it and keeps them (with exact pins it could not).
     Then every console command answers --help from the installed wheel, no checkout on the path."""
+    source = tmp_path / "source"  # built from a copy: the checkout gets no build/ or egg-info
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "neopolyp_hf", source / "neopolyp_hf", ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [
             sys.executable,
@@ -207,7 +213,7 @@ def test_the_wheel_installs_beside_another_torch_and_each_command_runs_from_it(t
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,

@@ -182,10 +182,12 @@ def test_the_track_table_reads_in_seconds_with_display_names():
     timeline = [[0, "0.000", "0", "0", ""], [4, "0.500", "0", "0", ""], [9, "1.125", "0", "0", ""]]
     tracks = [[3, "non_neoplastic", "0.2100", "no", 4, 9, 6, 5400], [1, "neoplastic", "0.5000", "yes", 0, 4, 2, 300]]
     assert TRACK_TABLE_HEADERS[4:6] == ["first seen (s)", "last seen (s)"]
-    assert track_table(tracks, timeline) == [
-        [3, "Non-neoplastic", 0.21, "no", 0.5, 1.125, 6, 5400],
-        [1, "Neoplastic", 0.5, "yes", 0.0, 0.5, 2, 300],
-    ]
+    assert track_table(tracks, timeline, min_frames=1) == (
+        [[3, "Non-neoplastic", 0.21, "no", 0.5, 1.125, 6, 5400], [1, "Neoplastic", 0.5, "yes", 0.0, 0.5, 2, 300]],
+        0,
+    )
+    # A fragment seen in 2 frames is left out of the page's table, and counted.
+    assert track_table(tracks, timeline) == ([[3, "Non-neoplastic", 0.21, "no", 0.5, 1.125, 6, 5400]], 1)
 
 
 def test_the_uncertainty_scale_uses_the_views_colours():

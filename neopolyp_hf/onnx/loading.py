@@ -32,6 +32,8 @@ class ModelInfo:
     backend: str  # "torch" or "onnx"
     precision: str
     datasets: tuple[str, ...]
+    # The card's figures (name, value), as measured on the run's held-out split: pooled Dice per class, mean.
+    metrics: tuple[tuple[str, float], ...] = ()
 
     @property
     def synthetic(self) -> bool:
@@ -122,6 +124,10 @@ def load_segmenter(
     except (NeoPolypError, ValueError, OSError) as error:  # OSError: a full disk or read-only cache, named
         raise ModelSourceError(f"cannot load model '{source}': {error}") from error
     datasets: tuple[str, ...] = ()
+    metrics: tuple[tuple[str, float], ...] = ()
     if files.card is not None:
-        datasets = tuple(ModelCard.load(files.card).data.to_dict().get("datasets") or ())
-    return segmenter, ModelInfo(source, files.describe_revision(), str(device), backend, precision, datasets)
+        card = ModelCard.load(files.card).data
+        datasets = tuple(card.to_dict().get("datasets") or ())
+        metrics = tuple((r.metric_name, float(r.metric_value)) for r in card.eval_results or ())
+    revision = files.describe_revision()
+    return segmenter, ModelInfo(source, revision, str(device), backend, precision, datasets, metrics)

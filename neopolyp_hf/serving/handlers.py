@@ -29,6 +29,7 @@ from ..video.live import LiveSegmenter
 from ..video.pipeline import write_video_outputs
 from .settings import SpaceSettings
 from .space import (
+    MIN_TRACK_FRAMES,
     TRACK_TABLE_HEADERS,
     KeptPrediction,
     OutputStore,
@@ -239,9 +240,16 @@ class SpaceHandlers:
         timeline = pd.DataFrame(
             timeline_plot_rows(run.timeline), columns=["time (s)", "polyp pixels (% of frame)", "class"]
         )
-        hdr = f"HDR ({info.hdr}) clip: tone-mapped to SDR for the model and the overlay." if info.hdr else ""
-        tracks = pd.DataFrame(track_table(run.tracks, run.timeline), columns=TRACK_TABLE_HEADERS)
-        return str(clip), timeline, tracks, dicom_note(path) + hdr
+        hdr = f"HDR ({info.hdr}) clip: tone-mapped to SDR for the model and the overlay. " if info.hdr else ""
+        rows, fragments = track_table(run.tracks, run.timeline)
+        left_out = (
+            f"{fragments} fragment track(s) seen in fewer than {MIN_TRACK_FRAMES} frames are not listed "
+            "(tracks.csv of the CLI keeps every track)."
+            if fragments
+            else ""
+        )
+        tracks = pd.DataFrame(rows, columns=TRACK_TABLE_HEADERS)
+        return str(clip), timeline, tracks, dicom_note(path) + hdr + left_out
 
     def predict_video(self, upload, progress=gr.Progress()):
         """The /predict_video API; a bad clip is an error naming the problem."""

@@ -180,10 +180,26 @@ LESION_HEADERS = [
     "class",
     "area (px)",
     "area (% of image)",
-    "confidence",
+    "pixel confidence",
     "P(neoplastic | polyp)",
     "uncertain",
 ]
+LESION_TABLE_HELP = (
+    "*pixel confidence*: the mean, over the lesion's pixels, of the probability of the class each pixel "
+    "was given (how sure the model is of where the lesion is). *P(neoplastic | polyp)*: the lesion's "
+    "chance of being neoplastic given that it is a polyp, the mean over its pixels; the class is its "
+    "majority. *uncertain*: that chance lies in the model's uncertain range. Numbers to 3 decimals."
+)
+
+
+def card_figures(metrics) -> str:
+    """A model card's figures, (name, value) pairs, as the page shows them: "pooled Dice mean 0.650, ..."."""
+    return ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in metrics)
+
+
+# Tracks seen in fewer frames than this are fragments (a polyp's piece found for a frame or two): the page's
+# table leaves them out and counts them; tracks.csv keeps every track.
+MIN_TRACK_FRAMES = 5
 
 
 def lesion_rows(prediction: Prediction) -> list[list]:
@@ -214,14 +230,26 @@ TRACK_TABLE_HEADERS = [
 ]
 
 
-def track_table(tracks: list[list], timeline: list[list]) -> list[list]:
+def track_table(tracks: list[list], timeline: list[list], min_frames: int = MIN_TRACK_FRAMES) -> tuple[list[list], int]:
     """The page's track table from tracks.csv rows (`neopolyp_hf.video.pipeline.track_rows`, already
-    longest-seen first) and the timeline's rows: display names, and times in seconds instead of frames."""
+    longest-seen first) and the timeline's rows: display names, times in seconds instead of frames, numbers
+    to 3 decimals; tracks seen in fewer than `min_frames` frames left out. Returns (rows, fragments left out)."""
     seconds = {int(row[0]): float(row[1]) for row in timeline}
-    return [
-        [track_id, display_name(name), float(p), uncertain, seconds[first], seconds[last], seen, area]
-        for track_id, name, p, uncertain, first, last, seen, area in tracks
+    kept = [row for row in tracks if int(row[6]) >= min_frames]
+    rows = [
+        [
+            track_id,
+            display_name(name),
+            round(float(p), 3),
+            uncertain,
+            round(seconds[first], 3),
+            round(seconds[last], 3),
+            seen,
+            area,
+        ]
+        for track_id, name, p, uncertain, first, last, seen, area in kept
     ]
+    return rows, len(tracks) - len(kept)
 
 
 def timeline_plot_rows(timeline: list[list]) -> list[tuple[float, float, str]]:
