@@ -103,3 +103,49 @@ def class_percentages(classes: np.ndarray, class_names: Sequence[str]) -> dict[s
         for i, name in enumerate(class_names)
         if i > 0
     }
+
+
+RESEARCH_MARK = "Research software - not for clinical use"
+
+
+class FrameLegend:
+    """The class legend and the research-only mark, drawn once for a frame size and stamped into the
+    bottom-left corner of each overlaid video frame (a copy of a small strip: no cost per frame to speak of).
+
+    Args:
+        size: the frames' (width, height) in px.
+        names: the display names of the polyp classes, in order.
+        colors: their RGB colours, in the same order.
+    """
+
+    def __init__(self, size: tuple[int, int], names: Sequence[str], colors: Colors) -> None:
+        width, height = size
+        scale = min(1.0, max(0.35, width / 1600))
+        thickness = 1 if scale < 0.7 else 2
+        line = int(28 * scale) + 6
+        lines = [*names, RESEARCH_MARK]
+        text_width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for t in lines)
+        strip = np.zeros((min(height, line * len(lines) + 8), min(width, text_width + line + 16), 3), np.uint8)
+        for i, text in enumerate(lines):
+            y = 4 + i * line
+            x = 8
+            if i < len(names):  # a swatch of the class colour before its name
+                cv2.rectangle(strip, (x, y + 4), (x + line - 12, y + line - 8), tuple(int(c) for c in colors[i]), -1)
+                x += line
+            cv2.putText(
+                strip,
+                text,
+                (x, y + line - 10),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (255, 255, 255),
+                thickness,
+                cv2.LINE_AA,
+            )
+        self.strip = strip
+
+    def stamp(self, frame: np.ndarray) -> np.ndarray:
+        """Copy the legend into the bottom-left corner of an H x W x 3 uint8 frame, in place; returns it."""
+        h, w = self.strip.shape[:2]
+        frame[frame.shape[0] - h :, :w] = self.strip
+        return frame

@@ -254,6 +254,21 @@ def test_predict_cli_writes_clip_timeline_tracks_and_masks(trained_model_dir, sm
     assert not (tmp_path / "bad_overlay.mp4").exists()
 
 
+@pytest.mark.slow
+def test_the_overlaid_clip_carries_the_legend_and_the_research_mark(random_model, clip_scenes, tmp_path):
+    from neopolyp_hf.masks import FrameLegend
+
+    frames = [frame for _, frame, _ in clip_frames(clip_scenes, 3, (320, 240))]
+    clip = write_clip(tmp_path / "in.mp4", frames, fps=8.0)
+    write_video_outputs(random_model, clip, output_video=tmp_path / "out.mp4")
+    legend = FrameLegend((320, 240), ["Neoplastic", "Non-neoplastic"], CLASS_COLORS[1:]).strip
+    assert legend.shape[0] < 240 and legend.shape[1] <= 320
+    for frame in read_frames(tmp_path / "out.mp4"):
+        corner = frame.rgb[240 - legend.shape[0] :, : legend.shape[1]].astype(int)
+        assert np.abs(corner - legend).mean() < 12  # the legend, through H.264
+        assert np.abs(frame.rgb[:60, -60:].astype(int)).mean() > 20  # and the picture elsewhere
+
+
 def test_write_video_outputs_leaves_nothing_half_written_on_failure(trained_model_dir, small_clip, tmp_path):
     model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
     calls = []

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..classes import yes_no
+from ..classes import display_name, yes_no
 from ..inference import Segmenter
 from ..lesions import Lesion
-from ..masks import class_percentages, overlay_mask, save_mask_png
+from ..masks import FrameLegend, class_percentages, overlay_mask, save_mask_png
 from ..preprocessing import DEFAULT_MAX_PIXELS
 from .io import DEFAULT_MAX_SECONDS, DEFAULT_PRESET, Frame, VideoWriter, prefetch, probe_video, read_frames
 from .tracking import LesionTracker, Track
@@ -177,7 +177,7 @@ def write_video_outputs(
     made_masks_dir = bool(masks_dir) and not Path(masks_dir).exists()
     if masks_dir:
         Path(masks_dir).mkdir(parents=True, exist_ok=True)
-    rows, written = [], []
+    rows, written, legend = [], [], None
     try:
         for result in segment_video(
             model,
@@ -190,8 +190,11 @@ def write_video_outputs(
             max_seconds=max_seconds,
         ):
             if writer is not None:
-                overlaid = overlay_mask(result.frame, result.mask, config["class_colors"], opacity)
-                writer.write(np.asarray(overlaid), result.time)  # each frame at its own time: variable rate kept
+                overlaid = np.array(overlay_mask(result.frame, result.mask, config["class_colors"], opacity))
+                if legend is None:  # what the colours mean, and that this is research software, on every frame
+                    names = [display_name(n) for n in config["class_names"][1:]]
+                    legend = FrameLegend(overlaid.shape[1::-1], names, config["class_colors"][1:])
+                writer.write(legend.stamp(overlaid), result.time)  # each frame at its own time: variable rate kept
             if masks_dir:
                 written.append(Path(masks_dir) / f"frame_{result.index:06d}.png")  # before it exists: a signal
                 save_mask_png(result.mask, written[-1], config["class_colors"])  # mid-write leaves it listed
