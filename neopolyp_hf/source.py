@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hub_constants
@@ -60,6 +62,10 @@ def resolve_model_source(source: str | os.PathLike, revision: str | None = None,
         raise ModelSourceError("no model source given: name a model folder or a Hub repo id")
     if os.path.isdir(name):
         return _resolve_folder(Path(name))
+    if not hub_constants.HF_HUB_OFFLINE and not hub_args.get("local_files_only") and not hub_reachable():
+        # No answer from the Hub: its client would retry for about a minute before the same error.
+        # The cache alone answers at once (an earlier download still loads); the error then says why.
+        hub_args = {**hub_args, "local_files_only": True}
     # Downloading by the revision asked for records it in the cache (refs/), so an offline restart
     # finds it; the Hub's answer then names the commit, and all three files come from that one
     # commit, so a push between two downloads cannot mix versions.
@@ -152,6 +158,20 @@ def _resolve_folder(folder: Path) -> ModelFiles:
     return ModelFiles(str(folder), None, None, config, weights, card if card.is_file() else None)
 
 
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hub's host (HF_ENDPOINT) accepts a TCP connection within `timeout` seconds."""
+    url = urlparse(hub_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download(
     repo_id: str,
     filename: str,
@@ -165,9 +185,14 @@ def _download(
     try:
         return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, dry_run=dry_run, **hub_args)
     except LocalEntryNotFoundError as error:
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if hub_constants.HF_HUB_OFFLINE
+            else f"the Hub at {hub_constants.ENDPOINT} cannot be reached"
+        )
         raise ModelSourceError(
             f"'{repo_id}' is not a local folder, and {filename} of Hub repo '{repo_id}' (revision {shown}) "
-            "is neither cached nor downloadable (offline, or the Hub is unreachable)"
+            f"is not in the cache: {why}"
         ) from error
     except (EntryNotFoundError, HfHubHTTPError) as error:
         if filename == WEIGHTS_FILE:

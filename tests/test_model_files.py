@@ -116,3 +116,30 @@ def test_saved_weights_are_readable_like_any_other_output(random_model, tmp_path
     random_model.save_pretrained(tmp_path / "m")
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] and modes["model.safetensors"] & 0o044 == 0o044
+
+
+def test_an_unreachable_hub_is_not_retried_for_a_minute(monkeypatch):
+    """Without HF_HUB_OFFLINE and with no Hub answering, loading a repo id used to retry for 54 s before
+    its error: one short probe now sends it straight to the cache, and the error says why."""
+    import huggingface_hub
+    from huggingface_hub import constants as hub_constants
+
+    from neopolyp_hf import source
+    from neopolyp_hf.serving.loopback import free_port
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    calls = []
+    real = huggingface_hub.hf_hub_download
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(source, "hf_hub_download", spy)
+    assert not source.hub_reachable()
+    with pytest.raises(
+        ModelSourceError, match=r"'nobody/model'.* not in the cache: the Hub at http://127.0.0.1:\d+ cannot"
+    ):
+        source.resolve_model_source("nobody/model")
+    assert calls and all(call["local_files_only"] for call in calls)
