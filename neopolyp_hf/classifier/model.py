@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from ..pretrained import timm_encoder_names_kept
+
 # Blocks per stage. "resnet10" is ResNet-18 with half its blocks: about 0.3 GFLOPs a 128 px crop,
 # small enough to train inside the CPU protocol and to add little to a prediction.
 ARCHITECTURES = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2]}
@@ -29,7 +31,8 @@ class LesionClassifier(nn.Module):
         if architecture in ARCHITECTURES:
             self.net = ResNet(BasicBlock, ARCHITECTURES[architecture], num_classes=1)
         elif architecture in LITE_ENCODERS:
-            self.encoder = smp.encoders.get_encoder(LITE_ENCODERS[architecture], weights=None)
+            with timm_encoder_names_kept():
+                self.encoder = smp.encoders.get_encoder(LITE_ENCODERS[architecture], weights=None)
             self.head = nn.Linear(self.encoder.out_channels[-1], 1)
         else:
             raise ValueError(

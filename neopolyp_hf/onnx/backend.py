@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,14 @@ def _export_graph(module: torch.nn.Module, dummy: torch.Tensor, names: tuple[str
     import onnx
 
     def write(tmp: Path) -> None:
-        with torch.inference_mode():
+        # The TorchScript exporter, kept on purpose: torch's newer exporter needs onnxscript (one more
+        # dependency) and its graphs have not been checked here against INT8 quantization and the parity
+        # tests. Its deprecation notices are silenced here, and only here.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning
+            )
+            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
             torch.onnx.export(
                 module,
                 (dummy,),
