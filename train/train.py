@@ -39,6 +39,7 @@ from neopolyp_hf.textfiles import read_user_json
 from neopolyp_hf.training import recipes
 from neopolyp_hf.training.calibration import expected_calibration_error, fit_temperature
 from neopolyp_hf.training.data import (
+    EpochSampler,
     SegmentationDataset,
     build_cache,
     find_pairs,
@@ -116,27 +117,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", default=None, help="Hub repo for --push, e.g. you/neopolyp")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     return parser
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """A seeded shuffle per epoch; with unequal weights, a weighted draw with replacement."""
-
-    def __init__(self, weights: list[float], seed: int) -> None:
-        self.weights = torch.tensor(weights, dtype=torch.double)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.weights)
-        if bool((self.weights == self.weights[0]).all()):
-            return iter(torch.randperm(n, generator=generator).tolist())
-        return iter(torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist())
 
 
 def _seed_augmentation_worker(worker_id: int) -> None:

@@ -225,3 +225,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """The one sampler of both training loops (the segmenter's and the lesion classifier's): a seeded
+    shuffle per epoch; with unequal weights, a weighted draw with replacement. The draw depends only on
+    the seed and the epoch (`set_epoch`), so a resumed run draws what an unbroken one would."""
+
+    def __init__(self, weights: list[float], seed: int) -> None:
+        self.weights = torch.tensor(weights, dtype=torch.double)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.weights)
+        if bool((self.weights == self.weights[0]).all()):
+            return iter(torch.randperm(n, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist())

@@ -18,7 +18,7 @@ from ..classes import NEOPLASTIC, POLYP_CLASSES
 from ..classifier.crops import crop_square, lesion_square, normalize_crops
 from ..classifier.model import LesionClassifier
 from ..lesions import label_lesions, region_votes
-from .data import Sample, load_pair
+from .data import EpochSampler, Sample, load_pair
 
 CONTEXT = 2.0  # a stored patch spans this many crop sides, so that jitter and rotation stay inside it
 MIN_AREA = 64  # px at full resolution: smaller true lesions are annotation specks, not polyps to class
@@ -171,19 +171,24 @@ def train_lesion_classifier(
     )
     history, start = [], 1
     if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        # Tensors and plain types only (weights_only): loading a resume state never unpickles code.
+        state = torch.load(state_path, map_location=device, weights_only=True)
         classifier.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"] + 1
         log(f"lesion classifier: resuming after epoch {state['epoch']}")
-    weights = balanced_weights(patches.neoplastic.astype(np.int64))
+    sampler = EpochSampler(balanced_weights(patches.neoplastic.astype(np.int64)).tolist(), seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker,
+    )
     for epoch in range(start, epochs + 1):
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        sampler = torch.utils.data.WeightedRandomSampler(weights, steps * batch_size, generator=generator)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, worker_init_fn=_seed_worker
-        )
+        sampler.set_epoch(epoch)
         classifier.train()
         total, right, seen = 0.0, 0, 0
         for crops, labels in loader:
