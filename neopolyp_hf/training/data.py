@@ -205,7 +205,8 @@ def build_cache(
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """(normalized image tensor, long mask tensor) pairs from the resized cache, augmented on the fly."""
+    """(normalized image tensor, long mask tensor) pairs from the resized cache, augmented on the fly, and
+    resized to `size` px where it is given and differs from the cache's (smaller epochs of a size schedule)."""
 
     def __init__(
         self,
@@ -213,8 +214,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         augment: Callable[..., dict] | None = None,
+        size: int | None = None,
     ) -> None:
         self.cache, self.mean, self.std, self.augment = cache, list(mean), list(std), augment
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.cache.ids)
@@ -224,6 +227,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        if self.size and image.shape[0] != self.size:
+            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
         return normalize(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).long()
 
 

@@ -55,6 +55,12 @@ class Recipe:
     # The CPU protocol (from scratch, 2 cores, at most 40 minutes on the slowest CPU seen): input size and epochs.
     cpu_image_size: int = 128
     cpu_epochs: int = 30
+    # The last `final_epochs` epochs at `final_image_size` px (0: none), the model's input size then: a net
+    # trained at one size and run at a larger one reads the larger objects wrongly, and a few epochs at the
+    # test size fix it at little cost (Touvron et al., "Fixing the train-test resolution discrepancy",
+    # NeurIPS 2019). The earlier epochs see the same cached frames resized down.
+    final_image_size: int = 0
+    final_epochs: int = 0
     # On a GPU, where train.py's flags leave them unset: the encoder, input size and epochs (0 or "": the CPU's).
     gpu_encoder_name: str = ""
     gpu_image_size: int = 0
