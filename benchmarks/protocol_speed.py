@@ -20,8 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.training import recipes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import print_table, save_rows  # noqa: E402  (a sibling module of the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWEST_CPU_BASELINE_S = 98.0  # ResNet34 from scratch, 128 px, one protocol epoch, on the slowest CPU seen
@@ -69,22 +71,23 @@ def main(args: argparse.Namespace) -> list[dict]:
             rows.append({"spec": spec, "epoch_s": epoch_seconds(spec, args.data_dir, args.epochs, Path(workdir))})
             print(f"{spec}: {rows[-1]['epoch_s']:.1f} s an epoch", flush=True)
     base = rows[0]["epoch_s"]
-    print(
-        f"\n| encoder:weights:size | epoch here (s) | ratio to {args.specs[0]} | epoch on the slowest CPU (s) |"
-        f" epochs in {BUDGET_MINUTES:g} min there | {protocol_epochs} epochs there (min) |"
-    )
-    print("|---|---|---|---|---|---|")
     for row in rows:
         row["ratio"] = row["epoch_s"] / base
         row["slowest_epoch_s"] = SLOWEST_CPU_BASELINE_S * row["ratio"]
         row["epochs_in_budget"] = int(BUDGET_MINUTES * 60 // row["slowest_epoch_s"])
         row["protocol_minutes_slowest"] = protocol_epochs * row["slowest_epoch_s"] / 60
-        print(
-            f"| {row['spec']} | {row['epoch_s']:.1f} | {row['ratio']:.2f} | {row['slowest_epoch_s']:.0f} |"
-            f" {row['epochs_in_budget']} | {row['protocol_minutes_slowest']:.1f} |"
-        )
-    if args.output:
-        write_text_atomic(args.output, json.dumps(rows, indent=1))
+    headers = ["encoder:weights:size", "epoch here (s)", f"ratio to {args.specs[0]}", "epoch on the slowest CPU (s)"]
+    headers += [f"epochs in {BUDGET_MINUTES:g} min there", f"{protocol_epochs} epochs there (min)"]
+    cells = [
+        "spec",
+        "epoch_s:.1f",
+        "ratio:.2f",
+        "slowest_epoch_s:.0f",
+        "epochs_in_budget",
+        "protocol_minutes_slowest:.1f",
+    ]
+    print_table(headers, [[format(row[c.split(":")[0]], c.partition(":")[2]) for c in cells] for row in rows])
+    save_rows(args.output, rows)
     return rows
 
 

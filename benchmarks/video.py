@@ -34,6 +34,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from neopolyp_hf import NeoPolypUNet
-from neopolyp_hf.atomic import write_text_atomic
 from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
 from neopolyp_hf.lesions import label_lesions
 from neopolyp_hf.onnx.backend import OnnxSegmenter, export_onnx, quantize_onnx
@@ -51,6 +51,10 @@ from neopolyp_hf.training.evaluation import read_ids, select_samples
 from neopolyp_hf.training.metrics import DiceAccumulator
 from neopolyp_hf.video.io import read_frames
 from neopolyp_hf.video.pipeline import segment_video, write_video_outputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import print_table, save_rows  # noqa: E402  (a sibling module of the benchmarks)
+
 from neopolyp_hf.video.tracking import LesionTracker
 
 INSTANCES = 3  # truth masks carry class + 3 x instance, so nearest warping keeps each true lesion's identity
@@ -393,13 +397,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     """Make the clip, then time and score each backend on it (or, with --space, time the Space)."""
     if args.choose_tracking:
         report = choose_tracking(args)
-        if args.output:
-            write_text_atomic(args.output, json.dumps(report, indent=1))
+        save_rows(args.output, report)
         return [report]
     if args.space:
         figures = space_benchmark(args)
-        if args.output:
-            write_text_atomic(args.output, json.dumps(figures, indent=1))
+        save_rows(args.output, figures)
         return [figures]
     model = NeoPolypUNet.from_pretrained(args.model)
     if args.input_size:
@@ -460,24 +462,21 @@ def main(args: argparse.Namespace) -> list[dict]:
             rows.append(row)
             print(json.dumps(row), flush=True)
             print(f"{name}: ms a frame by stage " + ", ".join(f"{k} {v:.1f}" for k, v in stages_ms.items()))
-    print(
-        "\n| backend | end-to-end fps | model-only fps | ratio | Dice neo tracked / frame "
-        "| Dice non-neo tracked / frame | flicker tracked / frame (per 100) "
-        "| class flips tracked / frame (per 1000 frames) | id switches | tracks per true polyp |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        t, f = r["tracked"], r["frame_by_frame"]
-        print(
-            f"| {r['backend']} | {r['end_to_end_fps']:.1f} | {r['model_only_fps']:.1f} | {r['ratio']:.2f} "
-            f"| {t['dice_neoplastic']:.3f} / {f['dice_neoplastic']:.3f} "
-            f"| {t['dice_non_neoplastic']:.3f} / {f['dice_non_neoplastic']:.3f} "
-            f"| {t['flicker_per_100']:.2f} / {f['flicker_per_100']:.2f} "
-            f"| {t['flips_per_1000_frames']:.1f} / {f['flips_per_1000_frames']:.1f} "
-            f"| {r['id_switches_in_scene']} | {r['tracks_per_true_polyp']:.2f} |"
-        )
-    if args.output:
-        write_text_atomic(args.output, json.dumps(rows, indent=1))
+    headers = ["backend", "end-to-end fps", "model-only fps", "ratio", "Dice neo tracked / frame"]
+    headers += ["Dice non-neo tracked / frame", "flicker tracked / frame (per 100)"]
+    headers += ["class flips tracked / frame (per 1000 frames)", "id switches", "tracks per true polyp"]
+
+    def pair(r: dict, key: str, digits: int) -> str:
+        return f"{r['tracked'][key]:.{digits}f} / {r['frame_by_frame'][key]:.{digits}f}"
+
+    table = [
+        [r["backend"], f"{r['end_to_end_fps']:.1f}", f"{r['model_only_fps']:.1f}", f"{r['ratio']:.2f}"]
+        + [pair(r, "dice_neoplastic", 3), pair(r, "dice_non_neoplastic", 3), pair(r, "flicker_per_100", 2)]
+        + [pair(r, "flips_per_1000_frames", 1), r["id_switches_in_scene"], f"{r['tracks_per_true_polyp']:.2f}"]
+        for r in rows
+    ]
+    print_table(headers, table)
+    save_rows(args.output, rows)
     return rows
 
 
