@@ -13,7 +13,7 @@ from PIL import Image
 
 from .classes import DEFAULT_MIN_LESION_AREA
 from .classifier.stage import ClassifyFn, apply_second_stage
-from .lesions import Lesion, find_lesions, harmonize_lesions, upsampled_box
+from .lesions import Lesion, find_lesions, harmonize_lesions, outline_uncertain, upsampled_box
 from .masks import class_percentages, overlay_mask
 from .preprocessing import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 
@@ -96,8 +96,9 @@ class Prediction:
         return self.render_overlay(0.5)
 
     def render_overlay(self, alpha: float) -> Image.Image:
-        """The input with the class colours blended in at opacity `alpha`."""
-        return overlay_mask(self.image, self.mask, self.class_colors, alpha)
+        """The input with the class colours blended in at opacity `alpha`, uncertain lesions outlined in yellow."""
+        overlay = np.array(overlay_mask(self.image, self.mask, self.class_colors, alpha))
+        return Image.fromarray(outline_uncertain(overlay, self.mask, self.lesions))
 
     def render_uncertainty(self, alpha: float = 0.6) -> Image.Image:
         """The uncertainty as a heat map (dark: sure, bright: unsure) blended over the input."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .classes import NEOPLASTIC, NON_NEOPLASTIC
-from .masks import polyp_box
+from .masks import UNCERTAIN_OUTLINE, polyp_box
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,16 @@ def find_lesions(
             )
         )
     return sorted(lesions, key=lambda lesion: -lesion.area_px)
+
+
+def outline_uncertain(image: np.ndarray, mask: np.ndarray, lesions: list[Lesion]) -> np.ndarray:
+    """Outline in yellow, in place, the lesions flagged uncertain: their colour is a guess the page and the
+    video should not present as a call. `image` is the H x W x 3 uint8 overlay of `mask`; returns it."""
+    chosen = [lesion.label for lesion in lesions if lesion.uncertain]
+    if not chosen:
+        return image
+    labels = label_lesions(mask)[1]
+    region = np.isin(labels, chosen).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, UNCERTAIN_OUTLINE, max(2, round(image.shape[1] / 320)))
+    return image

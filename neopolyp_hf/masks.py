@@ -106,6 +106,8 @@ def class_percentages(classes: np.ndarray, class_names: Sequence[str]) -> dict[s
 
 
 RESEARCH_MARK = "Research software - not for clinical use"
+UNCERTAIN_LABEL = "uncertain class (outlined)"
+UNCERTAIN_OUTLINE = (255, 255, 0)  # yellow: neither class colour, and readable on red, green and tissue
 
 
 class FrameLegend:
@@ -123,14 +125,15 @@ class FrameLegend:
         scale = min(1.0, max(0.35, width / 1600))
         thickness = 1 if scale < 0.7 else 2
         line = int(28 * scale) + 6
-        lines = [*names, RESEARCH_MARK]
+        lines = [*names, UNCERTAIN_LABEL, RESEARCH_MARK]
         text_width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for t in lines)
         strip = np.zeros((min(height, line * len(lines) + 8), min(width, text_width + line + 16), 3), np.uint8)
         for i, text in enumerate(lines):
             y = 4 + i * line
             x = 8
-            if i < len(names):  # a swatch of the class colour before its name
-                cv2.rectangle(strip, (x, y + 4), (x + line - 12, y + line - 8), tuple(int(c) for c in colors[i]), -1)
+            if i <= len(names):  # a swatch of the class colour before its name; an outline for the uncertain
+                colour = tuple(int(c) for c in colors[i]) if i < len(names) else UNCERTAIN_OUTLINE
+                cv2.rectangle(strip, (x, y + 4), (x + line - 12, y + line - 8), colour, -1 if i < len(names) else 2)
                 x += line
             cv2.putText(
                 strip,

@@ -244,3 +244,24 @@ def test_config_saved_before_the_head_field_loads_as_classes(random_model, tmp_p
     config_path.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="'head'"):
         NeoPolypUNet.from_pretrained(tmp_path / "m")
+
+
+def test_uncertain_lesions_are_outlined_in_the_overlay(random_model):
+    """An uncertain lesion's colour is a guess: the overlay outlines it in yellow, and only it."""
+    from neopolyp_hf.masks import UNCERTAIN_OUTLINE
+
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3)).astype(np.uint8)
+
+    def yellow(model) -> int:
+        prediction = model.predict(image)
+        assert prediction.lesions
+        overlay = np.asarray(prediction.render_overlay(0.5))
+        return int((overlay == UNCERTAIN_OUTLINE).all(axis=2).sum())
+
+    model = NeoPolypUNet(**random_model.config)
+    model.load_state_dict(random_model.state_dict())
+    model.eval()
+    model.update_config(uncertain_range=[0.0, 1.0])  # every lesion uncertain
+    outlined = yellow(model)
+    model.update_config(uncertain_range=[1.0, 1.0])  # none
+    assert outlined > 20 and yellow(model) == 0

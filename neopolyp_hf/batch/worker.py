@@ -20,12 +20,11 @@ import numpy as np
 
 from ..classes import POLYP_CLASSES
 from ..errors import NeoPolypError
-from ..masks import overlay_mask
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
 from ..rle import rle_encode
 from ..version import installed_version
 from ..video.io import DEFAULT_PRESET, VideoWriter, probe_video
-from ..video.pipeline import segment_video
+from ..video.pipeline import clip_legend, overlay_frame, segment_video
 from ..video.tracking import LesionTracker
 from . import tables
 from .inputs import Procedure, expand, resolve
@@ -193,7 +192,7 @@ class ProcedureWorker:
         names = config["class_names"]
         tracker = LesionTracker(names, config["uncertain_range"])
         frames, times, paths = [], [], []
-        writer = None
+        writer, legend = None, None
         with contextlib.ExitStack() as stack:
             source, fps = self._frames(procedure, stack, errors, paths)
             if overlay is not None:
@@ -226,9 +225,8 @@ class ProcedureWorker:
                 frames.append(row)
                 times.append(result.time)
                 if writer is not None:
-                    writer.write(
-                        np.asarray(overlay_mask(result.frame, result.mask, config["class_colors"])), result.time
-                    )
+                    legend = legend or clip_legend(result.frame, config)
+                    writer.write(overlay_frame(result, config, legend), result.time)
             if not frames:
                 raise NeoPolypError(f"'{procedure.path}' has no readable frame")
             if writer is not None:

@@ -21,7 +21,8 @@ from ..classes import CLASS_COLORS, CLASS_NAMES, display_name, yes_no
 from ..dicom import is_dicom, read_dataset, summarize
 from ..errors import NeoPolypError
 from ..inference import Prediction, uncertainty_colors, uncertainty_levels, uncertainty_view
-from ..masks import overlay_mask, polyp_box
+from ..lesions import outline_uncertain
+from ..masks import UNCERTAIN_OUTLINE, overlay_mask, polyp_box
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -96,6 +97,7 @@ class KeptPrediction:
     polyp_png: bytes  # the mask inside that box (b"" where there is no polyp)
     uncertainty_png: bytes  # model-resolution uint8 levels
     class_colors: tuple[tuple[int, int, int], ...]
+    uncertain_labels: tuple[int, ...] = ()  # the lesions flagged uncertain (their label_lesions numbers)
 
     @classmethod
     def of(cls, prediction: Prediction, image_path: str) -> KeptPrediction:
@@ -106,7 +108,8 @@ class KeptPrediction:
         polyp_png = _png(np.ascontiguousarray(mask[box])) if box else b""
         colors = tuple(tuple(int(v) for v in color) for color in prediction.class_colors)
         uncertainty_png = _png(uncertainty_levels(prediction.scores))
-        return cls(str(image_path), mask.shape, origin, polyp_png, uncertainty_png, colors)
+        uncertain = tuple(lesion.label for lesion in prediction.lesions if lesion.uncertain)
+        return cls(str(image_path), mask.shape, origin, polyp_png, uncertainty_png, colors, uncertain)
 
     @property
     def mask(self) -> np.ndarray:
@@ -119,13 +122,27 @@ class KeptPrediction:
         return mask
 
     def render_overlay(self, alpha: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-        """The frame with the class colours blended in at opacity `alpha` (the frame is read again)."""
-        return overlay_mask(load_image(self.image_path, max_pixels=max_pixels), self.mask, self.class_colors, alpha)
+        """The frame with the class colours blended in at opacity `alpha`, uncertain lesions outlined, as
+        `Prediction.render_overlay` draws it (the frame is read again)."""
+        mask = self.mask
+        overlay = np.array(
+            overlay_mask(load_image(self.image_path, max_pixels=max_pixels), mask, self.class_colors, alpha)
+        )
+        flagged = [_Flag(label) for label in self.uncertain_labels]
+        return Image.fromarray(outline_uncertain(overlay, mask, flagged))
 
     def render_uncertainty(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         """`Prediction.render_uncertainty` of the kept prediction (the frame is read again)."""
         levels = cv2.imdecode(np.frombuffer(self.uncertainty_png, np.uint8), cv2.IMREAD_UNCHANGED)
         return uncertainty_view(load_image(self.image_path, max_pixels=max_pixels), levels)
+
+
+@dataclass(frozen=True)
+class _Flag:
+    """What `outline_uncertain` reads of a lesion: its number and its flag."""
+
+    label: int
+    uncertain: bool = True
 
 
 def _png(plane: np.ndarray) -> bytes:
@@ -274,6 +291,11 @@ def legend_html(element_id: str = "legend") -> str:
         f'<span style="width:1em;height:1em;background:{color};display:inline-block;'
         f'margin-right:.4em;border:1px solid #888"></span>{name}</span>'
         for name, color in class_color_map().items()
+    )
+    outline = "#{:02x}{:02x}{:02x}".format(*UNCERTAIN_OUTLINE)
+    items += (
+        f'<span style="display:inline-flex;align-items:center"><span style="width:1em;height:1em;'
+        f'display:inline-block;margin-right:.4em;border:2px solid {outline}"></span>uncertain class (outlined)</span>'
     )
     return f'<div id="{element_id}">{items}</div>'
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..inference import Segmenter
-from ..lesions import Lesion
+from ..lesions import Lesion, outline_uncertain
 from ..masks import class_percentages, overlay_mask
 from .tracking import LesionTracker
 
@@ -46,7 +46,8 @@ class LiveSegmenter:
             prediction = self.model.predict(rgb)
             mask, lesions, _ = self.tracker.update(self.frames, prediction.image, prediction.mask, prediction.lesions)
             self.frames += 1
-            overlay = overlay_mask(prediction.image, mask, self.colors, self.opacity)
+            overlay = np.array(overlay_mask(prediction.image, mask, self.colors, self.opacity))
+            overlay = Image.fromarray(outline_uncertain(overlay, mask, lesions))
             return overlay, lesions, class_percentages(mask, self.class_names)
         finally:
             self._busy.release()

@@ -15,7 +15,7 @@ import numpy as np
 from ..atomic import write_text_atomic
 from ..classes import display_name, yes_no
 from ..inference import Segmenter
-from ..lesions import Lesion
+from ..lesions import Lesion, outline_uncertain
 from ..masks import FrameLegend, class_percentages, overlay_mask, save_mask_png
 from ..preprocessing import DEFAULT_MAX_PIXELS
 from .io import DEFAULT_MAX_SECONDS, DEFAULT_PRESET, Frame, VideoWriter, prefetch, probe_video, read_frames
@@ -149,6 +149,19 @@ class VideoOutputs:
     files: dict[str, Path]
 
 
+def clip_legend(frame: np.ndarray, config: dict) -> FrameLegend:
+    """The legend of a clip whose frames are the size of `frame`: the polyp classes' colours and names."""
+    names = [display_name(n) for n in config["class_names"][1:]]
+    return FrameLegend(frame.shape[1::-1], names, config["class_colors"][1:])
+
+
+def overlay_frame(result: VideoFrameResult, config: dict, legend: FrameLegend, opacity: float = 0.5) -> np.ndarray:
+    """One frame of an overlaid clip: the class colours blended in, uncertain lesions outlined, and the legend
+    with the research-only mark stamped in its corner (H x W x 3 uint8)."""
+    overlaid = np.array(overlay_mask(result.frame, result.mask, config["class_colors"], opacity))
+    return legend.stamp(outline_uncertain(overlaid, result.mask, result.lesions))
+
+
 def write_video_outputs(
     model: Segmenter,
     video: str | os.PathLike,
@@ -190,11 +203,9 @@ def write_video_outputs(
             max_seconds=max_seconds,
         ):
             if writer is not None:
-                overlaid = np.array(overlay_mask(result.frame, result.mask, config["class_colors"], opacity))
-                if legend is None:  # what the colours mean, and that this is research software, on every frame
-                    names = [display_name(n) for n in config["class_names"][1:]]
-                    legend = FrameLegend(overlaid.shape[1::-1], names, config["class_colors"][1:])
-                writer.write(legend.stamp(overlaid), result.time)  # each frame at its own time: variable rate kept
+                legend = legend or clip_legend(result.frame, config)
+                # Each frame at its own time: a variable frame rate is kept.
+                writer.write(overlay_frame(result, config, legend, opacity), result.time)
             if masks_dir:
                 written.append(Path(masks_dir) / f"frame_{result.index:06d}.png")  # before it exists: a signal
                 save_mask_png(result.mask, written[-1], config["class_colors"])  # mid-write leaves it listed
