@@ -57,7 +57,7 @@ def real_model_dir(real_data, tmp_path_factory):
     """A small model trained briefly on real pairs: confident enough that quantization error shows."""
     out = tmp_path_factory.mktemp("real_model")
     command = [sys.executable, str(ROOT / "train" / "train.py"), "--data-dir", str(real_data), "--output-dir", str(out)]
-    command += ["--image-size", "64", "--epochs", "10", "--max-train-samples", "192", "--encoder-weights", "none"]
+    command += ["--image-size", "64", "--epochs", "8", "--max-train-samples", "128", "--encoder-weights", "none"]
     command += ["--num-workers", "0", "--num-overlays", "0", "--batch-size", "8"]
     subprocess.run(command, check=True, capture_output=True, timeout=900)
     return out / "best"
