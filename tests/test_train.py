@@ -430,7 +430,7 @@ def test_a_size_schedule_trains_its_last_epochs_at_the_models_input_size(tmp_pat
     train_script.main(train_script.get_args_parser().parse_args(command))
     assert seen == [32, 64]
     assert NeoPolypUNet.from_pretrained(out / "best").config["input_size"] == 64
-    assert "epochs 1-1 at 32 px, the last 1 at 64 px" in capsys.readouterr().out
+    assert "the first 1 epoch(s) at 32 px, the last 1 at 64 px" in capsys.readouterr().out
 
 
 @pytest.mark.slow

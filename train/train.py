@@ -448,7 +448,7 @@ def main(args: argparse.Namespace) -> dict:
     if final_epochs:  # the model's input size and the cache's; the earlier epochs resize the frames down
         args.image_size = recipe.final_image_size
         accelerator.print(
-            f"size schedule: epochs 1-{args.epochs - final_epochs} at {train_size} px, "
+            f"size schedule: the first {args.epochs - final_epochs} epoch(s) at {train_size} px, "
             f"the last {final_epochs} at {args.image_size} px (the model's input size)"
         )
     model = build_model(args, recipe)
