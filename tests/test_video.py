@@ -310,6 +310,28 @@ def test_an_uncertain_track_can_leave_each_lesion_its_own_frames_class():
         LesionTracker(list(CLASS_NAMES), uncertain_shows="nope")
 
 
+def test_a_split_track_claims_no_class_and_shows_each_frames_own_call():
+    """Two confident neoplastic frames outweigh four non-neoplastic ones in the mean log-odds, so the track's
+    mean says neoplastic, sure; but only a third of its frames agree. With min_agreement the track does not
+    paint its guess: each lesion keeps its own frame's class, flagged uncertain."""
+    frame = np.zeros((120, 160, 3), np.uint8)
+    mask = square_mask(40, 40)
+    evidence = [0.999, 0.999, 0.3, 0.3, 0.3, 0.3]
+    shown, flagged = {}, {}
+    for agreement in (0.0, 0.7):
+        tracker = LesionTracker(list(CLASS_NAMES), settle_frames=0, hysteresis=0.0, min_agreement=agreement)
+        shown[agreement], flagged[agreement] = [], []
+        for i, p in enumerate(evidence):
+            recolored, tracked, _ = tracker.update(i, frame, mask, [lesion(1, 400, p, (40, 40, 20, 20))])
+            shown[agreement].append(int(recolored[45, 45]))
+            flagged[agreement].append(tracked[0].uncertain)
+        assert tracker.tracks[0].neoplastic_probability > 0.65  # a confident mean
+    assert shown[0.0] == [NEOPLASTIC] * 6 and not any(flagged[0.0])  # the guess, painted as a call
+    assert shown[0.7][2:] == [NON_NEOPLASTIC] * 4 and all(flagged[0.7][3:])  # each frame's own call, flagged
+    with pytest.raises(ValueError, match="min_agreement"):
+        LesionTracker(list(CLASS_NAMES), min_agreement=1.5)
+
+
 def test_the_tracking_benchmark_retracks_frame_by_frame_results_as_segment_video_tracks(trained_model_dir, small_clip):
     video_benchmark = load_script("video", folder="benchmarks")
     model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
