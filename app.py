@@ -47,7 +47,8 @@ SYNTHETIC_NOTICE = (
 UNCERTAINTY_HELP = (
     "Brightness is the normalised entropy of the class probabilities: dark where one class is near "
     "certain, bright where classes are close (with flip TTA, also where the flips disagree). A lesion is "
-    "flagged *uncertain* when its mean P(neoplastic | polyp) lies in the model's `uncertain_range` {}."
+    "flagged *uncertain*, and outlined in yellow, when its calibrated P(neoplastic | polyp) lies in the model's "
+    "`uncertain_range` {}."
 )
 
 

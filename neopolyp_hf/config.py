@@ -47,9 +47,12 @@ class ModelConfig:
     # Polyp regions smaller than this (pixels of the original frame) are not listed as lesions or tracked;
     # their pixels stay in the mask. See neopolyp_hf.classes.DEFAULT_MIN_LESION_AREA for how it was chosen.
     min_lesion_area: int = DEFAULT_MIN_LESION_AREA
+    # The segmenter's lesion call, calibrated: its P(neoplastic | polyp) divided in log-odds by this, fitted
+    # on the run's held-out lesions (train.py; 1: as the segmenter says). A second stage has its own.
+    lesion_temperature: float = 1.0
 
     # Fields added after the first release: a config.json saved before them may omit them.
-    ADDED_FIELDS = ("head", "uncertain_range", "lesion_classifier", "min_lesion_area")
+    ADDED_FIELDS = ("head", "uncertain_range", "lesion_classifier", "min_lesion_area", "lesion_temperature")
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder_name, str) or not self.encoder_name:
@@ -94,6 +97,10 @@ class ModelConfig:
         area = self.min_lesion_area
         if isinstance(area, bool) or not isinstance(area, int) or area < 0:
             raise ConfigError(f"config field 'min_lesion_area' must be a whole number of pixels >= 0, got {area!r}")
+        temperature = self.lesion_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 20:
+            raise ConfigError(f"config field 'lesion_temperature' must be a number in [0.05, 20], got {temperature!r}")
+        object.__setattr__(self, "lesion_temperature", float(temperature))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], saved: bool = False) -> ModelConfig:

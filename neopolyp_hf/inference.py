@@ -32,6 +32,7 @@ class Prediction:
     class_colors: list[list[int]]
     uncertain_range: tuple[float, float] = (0.35, 0.65)  # a lesion's P(neoplastic) in here is "uncertain"
     min_lesion_area: int = 0  # px of the original frame: smaller polyp regions are not listed as lesions
+    lesion_temperature: float = 1.0  # calibrates each lesion's P(neoplastic | polyp), see find_lesions
     # The lesions as the second stage called them (fused with the segmenter); None: found from the mask.
     staged_lesions: list[Lesion] | None = field(default=None, repr=False)
 
@@ -87,7 +88,12 @@ class Prediction:
             return self.staged_lesions
         # Model-resolution probabilities: find_lesions upsamples each lesion's box only.
         return find_lesions(
-            self.mask, softmax(self.scores, axis=0), self.class_names, self.uncertain_range, self.min_lesion_area
+            self.mask,
+            softmax(self.scores, axis=0),
+            self.class_names,
+            self.uncertain_range,
+            self.min_lesion_area,
+            self.lesion_temperature,
         )
 
     @cached_property
@@ -247,6 +253,7 @@ def predict_images(
                 class_colors=[list(c) for c in config["class_colors"]],
                 uncertain_range=tuple(config["uncertain_range"]),
                 min_lesion_area=min_area,
+                lesion_temperature=float(config.get("lesion_temperature", 1.0)),  # older exports: none
                 staged_lesions=staged,
             )
         )

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .classes import NEOPLASTIC, NON_NEOPLASTIC
+from .logodds import logit, sigmoid
 from .masks import UNCERTAIN_OUTLINE, polyp_box
 
 
@@ -133,9 +134,15 @@ def find_lesions(
     class_names: list[str],
     uncertain_range: tuple[float, float] = (0.35, 0.65),
     min_area: int = 0,
+    temperature: float = 1.0,
 ) -> list[Lesion]:
     """One `Lesion` per connected polyp region of `mask` of at least `min_area` pixels, largest first
     (smaller regions are left out of the list; their pixels stay in the mask).
+
+    A lesion's P(neoplastic | polyp) is the mean over its pixels of P(neoplastic) / P(polyp), divided in
+    log-odds by `temperature` (the model's `lesion_temperature`, fitted on held-out lesions: the raw mean
+    is over-confident); the raw mean is then kept as `segmenter_probability`. The temperature never
+    changes a call, only its confidence; `uncertain_range` applies to the calibrated value.
 
     `probabilities` is C x H x W at the mask's size, or at the model's size: then each lesion's
     box alone is upsampled (bilinearly), which is far cheaper than upsampling the whole frame.
@@ -163,6 +170,7 @@ def find_lesions(
         own_class = np.take_along_axis(pixels, classes_in_region[None].astype(np.intp), axis=0)[0]
         neoplastic, non_neoplastic = pixels[NEOPLASTIC], pixels[NON_NEOPLASTIC]
         share = float(np.mean(neoplastic / np.maximum(neoplastic + non_neoplastic, 1e-12)))
+        calibrated = share if temperature == 1.0 else float(sigmoid(logit(share) / temperature))
         lesions.append(
             Lesion(
                 label=label,
@@ -172,8 +180,9 @@ def find_lesions(
                 class_name=class_names[majority],
                 confidence=float(own_class.mean()),
                 bbox=(x, y, w, h),
-                neoplastic_probability=share,
-                uncertain=bool(low <= share <= high),
+                neoplastic_probability=calibrated,
+                uncertain=bool(low <= calibrated <= high),
+                segmenter_probability=None if temperature == 1.0 else share,
             )
         )
     return sorted(lesions, key=lambda lesion: -lesion.area_px)

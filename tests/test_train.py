@@ -146,6 +146,8 @@ def test_resume_after_kill_9(tmp_path):
     assert "\r" not in resumed.stdout + resumed.stderr  # output to a file: lines, no bar updates
     assert "epoch 5/5" in resumed.stdout and "validation: loss" in resumed.stdout  # one plain line per epoch
     assert f"outputs in {out}: best/" in resumed.stdout  # and it ends by pointing at what it wrote
+    calibration = json.loads((out / "lesion_calibration.json").read_text())  # a one-stage run calibrates its calls
+    assert NeoPolypUNet.from_pretrained(out / "best").config["lesion_temperature"] == calibration["lesion_temperature"]
     history = _history(out)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]  # nothing lost, nothing twice
     assert json.loads((out / "last" / "training_state.json").read_text())["epoch"] == 5

@@ -31,7 +31,7 @@ from neopolyp_hf.classes import DATASET_ID
 from neopolyp_hf.classifier.fusion import fused_logit
 from neopolyp_hf.classifier.model import LITE_ENCODERS
 from neopolyp_hf.errors import EncoderWeightsError, HubError
-from neopolyp_hf.logodds import sigmoid
+from neopolyp_hf.logodds import logit, sigmoid
 from neopolyp_hf.model import head_scores
 from neopolyp_hf.pretrained import LITE_CHECKPOINTS, load_lite_imagenet, offline_imagenet, weights_provenance
 from neopolyp_hf.synthetic import MARKER_FILE, SYNTHETIC_DATASET
@@ -350,6 +350,28 @@ def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNe
         raise SystemExit(f"error: {error}") from error
 
 
+def calibrate_lesion_calls(out: Path, val_samples: list) -> dict:
+    """A one-stage model's lesion temperature: fitted on the held-out split's found lesions (the segmenter's
+    raw P(neoplastic | polyp), so a rerun after a kill fits the same) and saved into best/. It never changes a
+    call; it makes the probability the page, the tables and the uncertain flag read honest."""
+    model = NeoPolypUNet.from_pretrained(out / "best")
+    records: list = []
+    evaluate_model(model, val_samples, lesion_records=records)
+    truth = [r["neoplastic"] for r in records]
+    logits = logit([r["segmenter"] for r in records])
+    temperature = fit_temperature(logits, truth)
+    model.update_config(lesion_temperature=temperature)
+    save_best(model, out, json.loads((out / "best" / "card_kwargs.json").read_text()))
+    figures = {
+        "held_out_calls": len(records),
+        "lesion_temperature": temperature,
+        "lesion_ece_before": expected_calibration_error(sigmoid(logits), truth),
+        "lesion_ece_after": expected_calibration_error(sigmoid(logits / temperature), truth),
+    }
+    write_text_atomic(out / "lesion_calibration.json", json.dumps(figures, indent=1))
+    return figures
+
+
 def train_second_stage(
     args: argparse.Namespace, recipe: recipes.Recipe, train_samples: list, val_samples: list, out: Path, device
 ) -> dict:
@@ -568,6 +590,14 @@ def main(args: argparse.Namespace) -> dict:
         except ValueError as error:  # e.g. a training split without lesions of both classes
             raise SystemExit(f"error: the second stage cannot train: {error}") from error
         write_text_atomic(out / "second_stage.json", json.dumps(state["second_stage"], indent=1))
+
+    if accelerator.is_main_process and recipe.classifier_epochs <= 0:
+        figures = calibrate_lesion_calls(out, [s for s in samples if s.id in set(val_cache.ids)])
+        print(
+            f"lesion calls calibrated on {figures['held_out_calls']} held-out lesions: temperature "
+            f"{figures['lesion_temperature']:.2f}, lesion ECE {figures['lesion_ece_before']:.3f} -> "
+            f"{figures['lesion_ece_after']:.3f}"
+        )
 
     if accelerator.is_main_process:
         best_dir = out / "best"

@@ -204,8 +204,9 @@ LESION_HEADERS = [
 LESION_TABLE_HELP = (
     "*pixel confidence*: the mean, over the lesion's pixels, of the probability of the class each pixel "
     "was given (how sure the model is of where the lesion is). *P(neoplastic | polyp)*: the lesion's "
-    "chance of being neoplastic given that it is a polyp, the mean over its pixels; the class is its "
-    "majority. *uncertain*: that chance lies in the model's uncertain range. Numbers to 3 decimals."
+    "chance of being neoplastic given that it is a polyp, from its pixels, calibrated on held-out lesions; "
+    "the class is its pixels' majority. *uncertain*: that chance lies in the model's uncertain range (the "
+    "lesion is outlined in yellow): treat its class as unknown. Numbers to 3 decimals."
 )
 
 
