@@ -169,6 +169,16 @@ def features(records: list[dict]) -> np.ndarray:
     return np.column_stack([np.abs(z), z >= 0, area, confidence, np.ones(len(records))])
 
 
+def raw_logits(records: list[dict]) -> np.ndarray:
+    """The segmenter's own log-odds of each call (before any temperature)."""
+    return logit([r["segmenter"] for r in records])
+
+
+def calibrated(records: list[dict], temperature: float) -> list[dict]:
+    """The records with "final" the segmenter's P(neoplastic | polyp) under `temperature` (calls unchanged)."""
+    return [{**r, "final": float(sigmoid(z / temperature))} for r, z in zip(records, raw_logits(records), strict=True)]
+
+
 def call_right(records: list[dict]) -> np.ndarray:
     return np.array([(r["final"] >= 0.5) == bool(r["neoplastic"]) for r in records], dtype=float)
 
@@ -349,30 +359,28 @@ def main(args: argparse.Namespace) -> dict:
         ],
     }
 
-    # Doubt: calibration (a temperature on the other folds' calls) and the uncertain rule.
+    # Doubt: calibration (a temperature on the other folds' calls, as train.py fits one on its held-out split)
+    # and the uncertain rule, chosen on the calibrated probabilities (the config's uncertain_range is read so).
     doubt = {"held_out": []}
     for k in range(n):
-        train = [r for j in range(n) if j != k for r in folds[j]["records"]]
-        test = folds[k]["records"]
-        truth_train = [r["neoplastic"] for r in train]
-        z_train = logit(np.clip([r["final"] for r in train], 1e-6, 1 - 1e-6))
-        temperature = fit_temperature(z_train, truth_train)
-        z_test = logit(np.clip([r["final"] for r in test], 1e-6, 1 - 1e-6))
+        train_raw = [r for j in range(n) if j != k for r in folds[j]["records"]]
+        test_raw = folds[k]["records"]
+        temperature = fit_temperature(raw_logits(train_raw), [r["neoplastic"] for r in train_raw])
+        train, test = calibrated(train_raw, temperature), calibrated(test_raw, temperature)
         truth_test = [r["neoplastic"] for r in test]
         row = {
             "fold": folds[k]["name"],
             "calls": len(test),
             "temperature": temperature,
-            "ece_before": expected_calibration_error(sigmoid(z_test), truth_test),
-            "ece_after": expected_calibration_error(sigmoid(z_test / temperature), truth_test),
+            "ece_before": expected_calibration_error(sigmoid(raw_logits(test_raw)), truth_test),
+            "ece_after": expected_calibration_error([r["final"] for r in test], truth_test),
             "all_calls": kept_figures(test, np.zeros(len(test), bool)),
         }
         for kind in ("band", "model"):
             rule = choose_doubt_rule(train, kind)
             row[kind] = {"rule": rule, **kept_figures(test, hold_back(test, rule))}
-        margin = np.abs(z_test)
-        beta = fit_correctness(train)
-        model_scores = sigmoid(features(test) @ beta)
+        margin = np.abs(raw_logits(test_raw))
+        model_scores = sigmoid(features(test) @ fit_correctness(train))
         for share in (0.1, 0.2, 0.3):
             row[f"margin_accuracy_at_{share}"] = accuracy_at_share(test, margin, share)
             row[f"model_accuracy_at_{share}"] = accuracy_at_share(test, model_scores, share)
@@ -394,10 +402,13 @@ def main(args: argparse.Namespace) -> dict:
         },
     }
     all_records = [r for f in folds for r in f["records"]]
-    doubt["band_chosen_on_all_folds"] = choose_doubt_rule(all_records, "band")
-    doubt["temperature_on_all_folds"] = fit_temperature(
-        logit(np.clip([r["final"] for r in all_records], 1e-6, 1 - 1e-6)), [r["neoplastic"] for r in all_records]
-    )
+    temperature = fit_temperature(raw_logits(all_records), [r["neoplastic"] for r in all_records])
+    doubt["temperature_on_all_folds"] = temperature
+    band = choose_doubt_rule(calibrated(all_records, temperature), "band")
+    doubt["band_chosen_on_all_folds"] = band
+    doubt["band_chosen_on_all_folds_raw"] = [
+        float(sigmoid(logit(b) * temperature)) for b in (band["low"], band["high"])
+    ]
     report["doubt"] = doubt
 
     print(f"\nOut-of-fold stills ({n} folds, default predict(), no TTA): mean ± std over held-out folds\n")
@@ -431,7 +442,10 @@ def main(args: argparse.Namespace) -> dict:
             f"holding back {share:.0%}: by margin {cell(s[f'margin_accuracy_at_{share}'])}, "
             f"by correctness model {cell(s[f'model_accuracy_at_{share}'])}"
         )
-    print(f"band chosen on all folds: {doubt['band_chosen_on_all_folds']}")
+    print(
+        f"temperature on all folds {doubt['temperature_on_all_folds']:.2f}; band chosen on all folds (calibrated): "
+        f"{doubt['band_chosen_on_all_folds']}, the segmenter's raw probability: {doubt['band_chosen_on_all_folds_raw']}"
+    )
     if args.output:
         write_text_atomic(args.output, json.dumps(report, indent=1, default=float))
     return report
