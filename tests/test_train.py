@@ -374,6 +374,8 @@ def test_the_defaults_follow_the_device_and_say_so():
     args = train_script.get_args_parser().parse_args(["--data-dir", "d", "--output-dir", "o", "--image-size", "256"])
     line = train_script.fill_device_defaults(args, recipe, gpu=True)
     assert args.image_size == 256 and "--image-size" not in line and "--epochs" in line  # a flag given is kept
+    args.encoder_weights = "none"
+    assert train_script.build_model(args, recipe).config["uncertain_range"] == [0.2, 0.8]  # chosen out of fold
 
 
 def test_pixel_balance_draws_minority_only_images_until_the_polyp_classes_pixel_totals_match():

@@ -343,6 +343,7 @@ def build_model(args: argparse.Namespace, recipe: recipes.Recipe) -> NeoPolypUNe
             input_size=args.image_size,
             head=recipe.head,
             lesion_classifier=recipe.lesion_classifier_settings(),
+            uncertain_range=list(recipe.uncertain_range),
         )
     except ConnectionError as error:
         raise SystemExit(f"error: cannot get ImageNet encoder weights: {error}") from error
