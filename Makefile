@@ -45,7 +45,7 @@ format: $(VENV)/.installed-test
 	$(PY) -m ruff check --fix .
 
 test: $(VENV)/.installed-test chromium lint
-	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q --durations=20
 
 # The quick part: nothing that trains, serves or encodes video (a few minutes on 2 cores).
 test-fast: $(VENV)/.installed-test lint
