@@ -58,14 +58,16 @@ def marked_frame(width: int, height: int) -> np.ndarray:
     return rgb
 
 
-def corner(rgb: np.ndarray) -> str:
-    """Which corner of a frame holds the white mark."""
+def corner(rgb: np.ndarray, bottom_margin: int = 0) -> str:
+    """Which corner of a frame holds the white mark; `bottom_margin` rows at the bottom are not looked at (an
+    overlaid clip's legend sits there)."""
     h, w = rgb.shape[0] // 8, rgb.shape[1] // 8
+    bottom = rgb.shape[0] - bottom_margin
     corners = {
         "top-left": rgb[:h, :w],
         "top-right": rgb[:h, -w:],
-        "bottom-left": rgb[-h:, :w],
-        "bottom-right": rgb[-h:, -w:],
+        "bottom-left": rgb[bottom - h : bottom, :w],
+        "bottom-right": rgb[bottom - h : bottom, -w:],
     }
     return max(corners, key=lambda k: corners[k].mean())
 

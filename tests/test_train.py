@@ -206,6 +206,11 @@ def test_push_uploads_weights_config_and_card(synthetic_data, tmp_path, monkeypa
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    from neopolyp_hf.training import publish
+
+    hub_accepts = lambda repo_id, token=None: HfApi(token=token)  # noqa: E731  (the token check, passed)
+    monkeypatch.setattr(publish, "check_hub", hub_accepts)
+    monkeypatch.setattr(train_script, "check_hub", hub_accepts)
     args = train_script.get_args_parser().parse_args(
         [
             "--data-dir",
@@ -429,7 +434,7 @@ def test_a_size_schedule_trains_its_last_epochs_at_the_models_input_size(tmp_pat
     monkeypatch.setattr(train_script, "train_one_epoch", spy)
     out = tmp_path / "run"
     command = ["--data-dir", str(synthetic_data), "--output-dir", str(out), "--epochs", "2", *SMALL]
-    command += ["--image-size", "32", "--max-train-samples", "24", "--recipe", "neopolyp"]
+    command += ["--image-size", "32", "--max-train-samples", "40", "--recipe", "neopolyp"]
     command += ["--recipe-override", "final_image_size=64", "--recipe-override", "final_epochs=1"]
     train_script.main(train_script.get_args_parser().parse_args(command))
     assert seen == [32, 64]

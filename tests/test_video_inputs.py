@@ -18,19 +18,21 @@ from neopolyp_hf.errors import VideoLoadError
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
 from neopolyp_hf.video.io import VideoWriter, probe_video, read_frames  # noqa: E402
-from neopolyp_hf.video.pipeline import write_video_outputs  # noqa: E402
+from neopolyp_hf.video.pipeline import clip_legend, write_video_outputs  # noqa: E402
 
 
 @pytest.mark.parametrize(("rotation", "seen_at"), [(-90, "top-right"), (90, "bottom-left"), (180, "bottom-right")])
 def test_a_rotated_phone_clip_is_segmented_and_written_upright(tmp_path, trained_model_dir, rotation, seen_at):
-    clip = encode(tmp_path / "phone.mp4", [marked_frame(320, 240)] * 6, rotation=rotation)
+    # Large enough that the overlay's legend (bottom-left) covers only part of a corner's mark.
+    clip = encode(tmp_path / "phone.mp4", [marked_frame(640, 480)] * 6, rotation=rotation)
     frames = list(read_frames(clip))
-    shape = (240, 320) if rotation == 180 else (320, 240)  # height, width as the viewer sees them
+    shape = (480, 640) if rotation == 180 else (640, 480)  # height, width as the viewer sees them
     assert frames[0].rgb.shape[:2] == shape and corner(frames[0].rgb) == seen_at
     model = NeoPolypUNet.from_pretrained(trained_model_dir / "best")
     out = write_video_outputs(model, clip, output_video=tmp_path / "o.mp4", masks_dir=tmp_path / "m")
     written = next(iter(read_frames(out.files["video"])))
-    assert written.rgb.shape[:2] == shape and corner(written.rgb) == seen_at  # upright pixels, no metadata
+    legend_rows = clip_legend(written.rgb, model.config).strip.shape[0]  # the legend covers the bottom-left
+    assert written.rgb.shape[:2] == shape and corner(written.rgb, legend_rows) == seen_at  # upright, no metadata
     assert next(av.open(str(out.files["video"])).decode(video=0)).rotation == 0
     from neopolyp_hf import decode_mask
 

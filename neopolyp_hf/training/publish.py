@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
@@ -62,7 +61,7 @@ def check_hub(repo_id: str, token: str | None = None) -> HfApi:
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         raise HubError(f"cannot push to '{repo_id}': the Hub refused the token (HTTP {status})") from None
-    except (OSError, httpx.HTTPError) as error:  # no route, DNS, timeout
+    except Exception as error:  # no route, DNS, a timeout: the HTTP client's own connection errors
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise HubError(
             f"cannot push to '{repo_id}': the Hub at {hub_constants.ENDPOINT} cannot be reached ({reason})"
