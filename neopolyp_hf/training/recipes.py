@@ -397,11 +397,13 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if name == "onecycle":
+        total = max(4, total_steps)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=max(2, total_steps),
-            pct_start=0.1,
+            total_steps=total,
+            # At least 2 warm-up steps: with fewer, torch's one-cycle divides by zero (a run of a few steps).
+            pct_start=max(0.1, 2.0 / total),
             div_factor=25,
             final_div_factor=1e3,
         )
