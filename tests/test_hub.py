@@ -261,29 +261,6 @@ def test_missing_repo_and_pickle_only_repo_get_clear_errors(hub, hub_env):
     assert process.returncode != 0 and "test-org/does-not-exist" in process.stderr
 
 
-def test_space_restarts_offline_from_the_cache(pushed, hub, hub_env, tmp_path):
-    """Runs last: stops the Hub, then the Space must start from what it cached earlier."""
-    from gradio_client import Client, handle_file
-
-    process, url = start_app({**hub_env, "NEOPOLYP_MODEL": REPO})  # online: fills the cache for main
-    try:
-        assert Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
-    finally:
-        stop_app(process)
-    hub.stop()
-    offline = {**hub_env, "HF_HUB_OFFLINE": "1", "NEOPOLYP_MODEL": REPO}
-    process, url = start_app(offline)
-    try:
-        image = tmp_path / "frame.png"
-        from PIL import Image
-
-        Image.new("RGB", (64, 48), (200, 120, 110)).save(image)
-        _, percentages, *_ = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")
-        assert set(percentages) == {"neoplastic", "non_neoplastic"}
-    finally:
-        stop_app(process)
-
-
 def test_push_checks_the_hub_and_its_token_before_any_work(hub, hub_env, trained_model_dir, synthetic_data, tmp_path):
     """Offline, without a token or with a refused one, push fails at once in one line naming the repo, and
     writes nothing (it once worked four minutes, then died in a 60-line connection traceback)."""
@@ -328,3 +305,26 @@ def test_the_publishable_bundle_is_written_locally_without_a_hub(trained_model_d
         trained_model_dir / "best" / "model.safetensors"
     ).read_bytes()
     assert not list(tmp_path.glob("bundle.*"))  # nothing half-made beside it
+
+
+def test_space_restarts_offline_from_the_cache(pushed, hub, hub_env, tmp_path):
+    """Runs last: stops the Hub, then the Space must start from what it cached earlier."""
+    from gradio_client import Client, handle_file
+
+    process, url = start_app({**hub_env, "NEOPOLYP_MODEL": REPO})  # online: fills the cache for main
+    try:
+        assert Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    finally:
+        stop_app(process)
+    hub.stop()
+    offline = {**hub_env, "HF_HUB_OFFLINE": "1", "NEOPOLYP_MODEL": REPO}
+    process, url = start_app(offline)
+    try:
+        image = tmp_path / "frame.png"
+        from PIL import Image
+
+        Image.new("RGB", (64, 48), (200, 120, 110)).save(image)
+        _, percentages, *_ = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/predict")
+        assert set(percentages) == {"neoplastic", "non_neoplastic"}
+    finally:
+        stop_app(process)
