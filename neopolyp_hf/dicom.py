@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,28 +30,63 @@ SOP_CLASS_NAMES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
 }
 DICOMDIR = "1.2.840.10008.1.3.10"
-# Transfer syntaxes that need a decoder pydicom does not bring, and the package that brings one.
+# Transfer syntaxes that need a decoder pydicom does not bring, and every package that must be installed for
+# pydicom 3 to read them (its pylibjpeg plugins need pylibjpeg itself beside them).
+PYLIBJPEG_LIBJPEG = ("pylibjpeg", "pylibjpeg-libjpeg")
+PYLIBJPEG_OPENJPEG = ("pylibjpeg", "pylibjpeg-openjpeg")
 DECODER_PACKAGES = {
-    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pyjpegls"),
-    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pyjpegls"),
-    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg-openjpeg"),
-    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg"),
-    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg-libjpeg"),
-    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended", PYLIBJPEG_LIBJPEG),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", PYLIBJPEG_LIBJPEG),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", PYLIBJPEG_LIBJPEG),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", ("pyjpegls",)),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", ("pyjpegls",)),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", PYLIBJPEG_OPENJPEG),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", PYLIBJPEG_OPENJPEG),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", PYLIBJPEG_OPENJPEG),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K Lossless RPCL", PYLIBJPEG_OPENJPEG),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", PYLIBJPEG_OPENJPEG),
 }
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT")
 # The header fields that may leave this module (in a message, a table, the page): none identifies anyone.
 SAFE_FIELDS = ("SOPClassUID", "Modality", "Rows", "Columns", "NumberOfFrames", "TransferSyntaxUID")
 
 
+# The value representations of DICOM (PS3.5 6.2): an explicit-VR data set names one after each tag.
+VALUE_REPRESENTATIONS = frozenset(
+    {
+        "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV",
+        "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+    }
+)  # fmt: skip
+HEAD_LENGTH = PREAMBLE_LENGTH + 4
+
+
+def sniff_dicom(head: bytes) -> bool:
+    """Whether the first bytes of a file (at least `HEAD_LENGTH`, where the file has them) are DICOM: a Part 10
+    file (b"DICM" after the preamble), or a bare data set as older archives and some PACS exports store it (no
+    preamble, no File Meta), which starts with a group 0x0002 or 0x0008 element, little endian, with either an
+    explicit value representation or an implicit length that fits."""
+    if head[PREAMBLE_LENGTH:HEAD_LENGTH] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x0100:
+        return False
+    if head[4:6].decode("latin-1") in VALUE_REPRESENTATIONS:
+        return True
+    (length,) = struct.unpack("<I", head[4:8])
+    return length <= 1024 and (length % 2 == 0)  # implicit VR: an even length, small for these header elements
+
+
 def is_dicom(source: str | os.PathLike | bytes) -> bool:
-    """Whether a file or bytes hold a DICOM Part 10 file (the b"DICM" mark after the preamble)."""
+    """Whether a file or bytes hold DICOM, by content whatever the name (`sniff_dicom`): a Part 10 file or a
+    bare data set."""
     if isinstance(source, (bytes, bytearray)):
-        return source[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] == b"DICM"
+        return sniff_dicom(bytes(source[:HEAD_LENGTH]))
     try:
         with open(source, "rb") as handle:
-            handle.seek(PREAMBLE_LENGTH)
-            return handle.read(4) == b"DICM"
+            return sniff_dicom(handle.read(HEAD_LENGTH))
     except OSError:
         return False
 
@@ -87,11 +123,17 @@ def read_dataset(source: str | os.PathLike | bytes, name: str, stop_before_pixel
     pydicom = _pydicom()
     data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
-        dataset = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels)
+        # force: a bare data set (no preamble, no File Meta) is read too; is_dicom has checked its first element.
+        dataset = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels, force=is_dicom(source))
     except pydicom.errors.InvalidDicomError as error:
-        raise ImageLoadError(f"{name} has a DICOM name but is not a DICOM file") from error
+        raise ImageLoadError(f"{name} is not a DICOM file (no DICM mark, no DICOM data set at its start)") from error
     except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
         raise ImageLoadError(f"{name} is a truncated or corrupt DICOM file ({type(error).__name__})") from error
+    if "TransferSyntaxUID" not in dataset.file_meta:  # a bare data set: its encoding as read names its syntax
+        implicit, little = getattr(dataset, "original_encoding", (None, None))
+        dataset.file_meta.TransferSyntaxUID = (
+            "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+        )
     return dataset
 
 
@@ -144,8 +186,8 @@ def decode_frames(dataset, name: str, index: int | None = None) -> np.ndarray:
         # pydicom converts YBR to RGB (as_rgb) and honours the planar configuration.
         pixels = pixel_array(dataset, index=index)
     except (NotImplementedError, RuntimeError, ImportError) as error:
-        described, package = DECODER_PACKAGES.get(syntax, (syntax, None))
-        hint = f": pip install {package}" if package else ""
+        described, packages = DECODER_PACKAGES.get(syntax, (syntax, ()))
+        hint = f": pip install {' '.join(packages)}" if packages else ""
         raise ImageLoadError(
             f"{name} is compressed as {described} ({syntax}), which no installed decoder reads{hint}"
         ) from error

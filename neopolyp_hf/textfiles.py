@@ -9,6 +9,10 @@ from typing import Any
 
 from .errors import DataError
 
+# What a spreadsheet program saves as "CSV" where it is not UTF-8: Excel on Windows in Western Europe and
+# the Americas writes Windows-1252.
+SPREADSHEET_FALLBACK = "cp1252"
+
 
 def read_user_text(path: str | os.PathLike, what: str) -> str:
     """The text of `path`: UTF-8 with or without a byte-order mark (spreadsheet programs write one),
@@ -21,12 +25,30 @@ def read_user_text(path: str | os.PathLike, what: str) -> str:
         raw = Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"cannot read {what} '{path}': {error.strerror or error}") from error
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{what} '{path}', line {line}: not UTF-8 text ({error.reason})") from error
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return decode_user_bytes(raw, f"{what} '{path}'")
+
+
+def decode_user_bytes(raw: bytes, name: str, encoding: str | None = None, fallback: str | None = None) -> str:
+    """Text as a user's program wrote it, every line ending turned into \\n: in `encoding` where given; else
+    UTF-8 with or without a byte-order mark, and where that fails, `fallback` (None: no fallback).
+
+    Raises:
+        DataError: bytes that are not text in the encoding tried last, naming `name` and the line.
+    """
+    tries = [encoding] if encoding else ["utf-8-sig"] + ([fallback] if fallback else [])
+    for index, codec in enumerate(tries):
+        try:
+            text = raw.decode(codec)
+        except LookupError as error:
+            raise DataError(f"{name}: unknown text encoding '{codec}'") from error
+        except UnicodeDecodeError as error:
+            if index + 1 < len(tries):
+                continue
+            line = raw[: error.start].count(b"\n") + 1
+            described = "UTF-8" if codec == "utf-8-sig" else codec
+            raise DataError(f"{name}, line {line}: not {described} text ({error.reason})") from error
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    raise AssertionError("unreachable")
 
 
 def read_user_json(path: str | os.PathLike, what: str) -> Any:

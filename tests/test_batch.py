@@ -20,7 +20,7 @@ from helpers import ROOT, cover_art_memo, load_script  # noqa: E402
 
 from neopolyp_hf.batch import tables  # noqa: E402
 from neopolyp_hf.batch.cli import get_args_parser, main, run  # noqa: E402
-from neopolyp_hf.batch.inputs import discover  # noqa: E402
+from neopolyp_hf.batch.inputs import Listing, discover  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts Ray and its actors
 
@@ -73,9 +73,11 @@ def run_batch(*argv: str) -> dict:
     return run(get_args_parser().parse_args([str(a) for a in argv]))
 
 
-def test_an_archive_gives_the_four_tables_with_their_schemas(local_ray, archive, batch_model, tmp_path):
+def test_an_archive_gives_the_four_tables_with_their_schemas(local_ray, archive, batch_model, tmp_path, monkeypatch):
     output = tmp_path / "out"
-    counts = run_batch(archive, "--model", batch_model, "--output", output, "--rle", "--overlays", tmp_path / "clips")
+    monkeypatch.chdir(archive.parent)  # the README's form: a relative archive, output and overlays
+    argv = [archive.name, "--model", batch_model, "--output", output, "--rle", "--overlays", tmp_path / "clips"]
+    counts = run_batch(*argv, "--id-from", "path")
     assert counts["procedures"] == 6 and counts["read"] == 4 and counts["frames"] == 6 + 6 + 5 + 3
     procedures = table(output, "procedures")
     assert procedures.schema.equals(tables.schema("procedures", []))
@@ -85,24 +87,31 @@ def test_an_archive_gives_the_four_tables_with_their_schemas(local_ray, archive,
     assert rows["a/clip1.mp4"]["status"] == "ok" and rows["memo.mp3"]["status"] == "error"
     assert abs(rows["a/clip1.mp4"]["duration_s"] - 6 / 8.0) < 1e-6
     assert rows["a/clip1.mp4"]["backend"] == "onnx" and rows["a/clip1.mp4"]["software_version"]
+    assert len(rows["a/clip1.mp4"]["model_sha256"]) == 64
     frames = table(output, "frames")
-    assert frames.schema.equals(tables.schema("frames", [], rle=True))
+    assert frames.schema.equals(tables.schema("frames", []))
     clip = sorted((r for r in frames.to_pylist() if r["procedure_id"] == "b/clip3.mp4"), key=lambda r: r["frame_index"])
     assert [r["frame_index"] for r in clip] == list(range(5))
     assert [round(r["time_s"], 6) for r in clip] == [i / 8.0 for i in range(5)]
+    assert {r["run_id"] for r in frames.to_pylist()} == {rows["a/clip1.mp4"]["run_id"]}
     assert table(output, "tracks").schema.equals(tables.schema("tracks", []))
-    errors = {r["procedure_id"]: r["reason"] for r in table(output, "errors").to_pylist()}
+    errors = {r["procedure_id"]: r for r in table(output, "errors").to_pylist()}
     assert set(errors) == {"truncated.mp4", "memo.mp3"}
-    assert "memo.mp3" in errors["memo.mp3"] and "truncated.mp4" in errors["truncated.mp4"]
+    assert "memo.mp3" in errors["memo.mp3"]["reason"] and "truncated.mp4" in errors["truncated.mp4"]["reason"]
+    assert errors["memo.mp3"]["error_type"] == "VideoLoadError"
     assert {p.name for p in (tmp_path / "clips").iterdir()} == {
         f"{tables.procedure_key(i)}.mp4" for i in ("a/clip1.mp4", "a/clip2.mp4", "b/clip3.mp4", "stills")
     }
-    assert main([str(archive), "--model", str(batch_model), "--output", str(output)]) == 0  # all done: skipped
+    argv = [str(a) for a in argv]
+    assert main([*argv, "--id-from", "path"]) == 0  # all done: skipped
+    # Another model or setting on the same output is refused, naming each field that differs.
+    with pytest.raises(SystemExit, match=r"another run \(a different id_from 'path' -> 'auto', rle True -> False"):
+        main([a for a in argv if a != "--rle"])
 
 
 def test_a_clips_rows_equal_what_predict_video_writes(local_ray, archive, batch_model, tmp_path):
     output = tmp_path / "out"
-    run_batch(archive / "a", "--model", batch_model, "--output", output)
+    run_batch(archive / "a", "--model", batch_model, "--output", output, "--id-from", "path")
     timeline, track_csv = tmp_path / "timeline.csv", tmp_path / "tracks.csv"
     predict = load_script("predict")
     predict.main(
@@ -199,13 +208,17 @@ def test_a_killed_driver_resumes_with_every_procedure_exactly_once(local_ray, ar
     assert not [p for p in output.rglob(".*")]  # no temporary file left
 
 
-def test_listing_an_archive_by_glob_and_bad_settings(archive, tmp_path):
-    ids = [p.procedure_id for p in discover(str(archive / "a" / "*.mp4"))]
+def test_listing_an_archive_by_glob_and_bad_settings(archive, batch_model, tmp_path):
+    ids = [p.procedure_id for p in discover(str(archive / "a" / "*.mp4"), glob=True, listing=Listing("path"))]
     assert ids == ["clip1.mp4", "clip2.mp4"]
+    with pytest.raises(SystemExit, match=r"does not exist \(to match a pattern, add --glob\)"):
+        run_batch(archive / "a" / "*.mp4", "--model", batch_model, "--output", tmp_path)
     with pytest.raises(SystemExit, match="--workers must be at least 1"):
         run_batch(archive, "--model", "m", "--output", tmp_path, "--workers", "0")
     with pytest.raises(SystemExit, match="does not exist"):
-        run_batch(tmp_path / "nothing", "--model", "m", "--output", tmp_path)
+        run_batch(tmp_path / "nothing", "--model", batch_model, "--output", tmp_path)
+    with pytest.raises(SystemExit, match="no-model. is neither a model folder"):  # a bad model: one line, before Ray
+        run_batch(archive, "--model", tmp_path / "no-model", "--output", tmp_path)
 
 
 def test_a_procedure_whose_worker_died_every_try_is_committed_as_an_error_naming_it(tmp_path):
@@ -215,11 +228,14 @@ def test_a_procedure_whose_worker_died_every_try_is_committed_as_an_error_naming
     from neopolyp_hf.batch.inputs import Procedure
     from neopolyp_hf.batch.worker import BatchSettings
 
-    settings = BatchSettings(output=str(tmp_path), model="m", extras=("site",))
-    lost = Procedure("P-9", "/archive/huge.mp4", "video", ("/archive/huge.mp4",), {"site": "north"})
+    settings = BatchSettings(output=str(tmp_path), model="m", extras=("site",), run_id="r1", model_sha256="0" * 64)
+    lost = Procedure("P-9", "", "video", ("/archive/huge.mp4",), {"site": "north"})
+    key = tables.procedure_key("P-9")
+    tables.write_rows(tmp_path, "frames", key, [{"procedure_id": "P-9"}], tables.schema("frames", ["site"]))
     assert commit_lost(settings, [lost], tries=3) == 1
     (error,) = table(tmp_path, "errors").to_pylist()
-    assert error["procedure_id"] == "P-9" and "huge.mp4" in error["reason"] and "out of memory" in error["reason"]
-    assert error["site"] == "north"
-    assert tables.committed(tmp_path) == {tables.procedure_key("P-9"): "error"}
+    assert error["procedure_id"] == "P-9" and "died" in error["reason"] and "(3 tries)" in error["reason"]
+    assert error["error_type"] == "WorkerDied" and error["site"] == "north" and error["run_id"] == "r1"
+    assert tables.committed(tmp_path) == {key: "error"}
+    assert not tables.table_path(tmp_path, "frames", key).exists()  # the last try's rows went with it
     assert commit_lost(settings, [lost], tries=3) == 0  # committed once: never twice

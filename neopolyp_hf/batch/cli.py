@@ -1,13 +1,15 @@
 """neopolyp-batch: an archive of procedures through the model on Ray Data, into four Parquet tables.
 
-neopolyp-batch INPUT --model MODEL --output DIR [--address ADDR] [--workers N] [--threads-per-worker T]
-    [--backend auto|torch|onnx] [--precision fp32|bf16|int8] [--rle] [--overlays DIR] [--retry-errors]
+neopolyp-batch INPUT --model MODEL --output DIR [--glob] [--id-from auto|path|uid|hash|manifest]
+    [--address ADDR] [--workers N] [--threads-per-worker T] [--backend auto|torch|onnx]
+    [--precision fp32|bf16|int8] [--rle] [--overlays DIR] [--retry-errors]
 
-INPUT is a folder tree, a glob or a manifest (CSV or Parquet with a `path` column), local or on any
-filesystem pyarrow reaches (s3://, gs://, ...). Each procedure (a video, or a folder of stills) runs in
-order in one actor that holds the model; Ray Data schedules the actors and retries a worker that dies.
-A local Ray is started (the machine's cores, the dashboard off, on 127.0.0.1 only) unless --address
-names a cluster.
+INPUT is a folder tree, a file, a manifest (CSV or Parquet with a `path` column) or, with --glob, a pattern,
+relative or absolute, local or on any filesystem pyarrow reaches (s3://, gs://, ...). Each procedure (a video,
+a folder of stills, the DICOM stills of one study) runs in order in one actor that holds the model; Ray Data
+schedules the actors and retries a worker that dies. A local Ray is started (the CPUs this process may use,
+the dashboard off, on 127.0.0.1 only) unless --address names a cluster. The output folder is local (or a
+mounted shared folder on a cluster), holds one run (run.json) and is used by one driver at a time (.lock).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 
 from ..errors import NeoPolypError
 from ..onnx.loading import BACKENDS, PRECISIONS
+from ..version import installed_version
 from . import tables
-from .inputs import Procedure, discover
-from .worker import DEFAULT_MIN_POLYP_FRAMES, BatchSettings, ProcedureWorker
+from .inputs import ID_SOURCES, Listing, Procedure, discover
+from .runs import RunLock, check_or_record, resolve_model, run_identity
+from .worker import DEFAULT_MIN_POLYP_FRAMES, BatchSettings, ProcedureWorker, commit_error
 
 # Quiet by default: no usage statistics (the variable must be set before Ray starts).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -33,14 +37,25 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="neopolyp-batch", description="Segment an archive of procedures into Parquet tables (Ray Data)."
+        prog="neopolyp-batch",
+        description="Segment an archive of procedures into Parquet tables (Ray Data).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("input", help="a folder tree, a glob, or a manifest (.csv or .parquet with a 'path' column)")
+    parser.add_argument("input", help="a folder tree, a file, a manifest (.csv or .parquet with a 'path' column)")
+    parser.add_argument("--glob", action="store_true", help="read INPUT as a pattern (*, ?, [...])")
+    parser.add_argument(
+        "--id-from",
+        default="auto",
+        choices=ID_SOURCES,
+        help="procedure ids: auto = the manifest's procedure_id, else the DICOM Study Instance UID, else a digest "
+        "of the path; path = the relative path, and the tables record paths (folder names may name patients)",
+    )
+    parser.add_argument("--manifest-encoding", default=None, help="default: UTF-8 (with or without BOM), else cp1252")
     parser.add_argument("--model", required=True, help="model folder, Hub repo id, or an exported .onnx file")
     parser.add_argument("--output", required=True, help="folder of the tables: frames/, tracks/, procedures/, errors/")
     parser.add_argument("--revision", default=None, help="Hub revision of --model")
     parser.add_argument("--address", default=None, help="join this Ray cluster (default: start a local Ray)")
-    parser.add_argument("--workers", type=int, default=None, help="actors (default: one per GPU, else one per core)")
+    parser.add_argument("--workers", type=int, default=None, help="actors (default: one per GPU, else one per CPU)")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="CPU threads of each CPU actor")
     parser.add_argument(
         "--backend", default="auto", choices=BACKENDS, help="auto: torch on a GPU, ONNX Runtime on CPUs"
@@ -62,8 +77,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity (taskset, a cpuset) and the container's quota (cgroup, as
+    Ray detects it), whichever is fewer."""
+    from ray._private.utils import get_num_cpus
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(affinity, int(get_num_cpus(override_docker_cpu_warning=True))))
+
+
 def start_ray(address: str | None, cpus: int | None = None) -> None:
-    """Join `address`, or start a local Ray: the machine's cores, no dashboard, listening on 127.0.0.1 only."""
+    """Join `address`, or start a local Ray: the CPUs this process may use, no dashboard, on 127.0.0.1 only."""
     import ray
 
     if ray.is_initialized():
@@ -72,11 +96,11 @@ def start_ray(address: str | None, cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        ray.init(num_cpus=cpus or usable_cpus(), include_dashboard=False, _node_ip_address="127.0.0.1", **common)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad settings before any work, naming the option."""
+    """Refuse bad settings before any work (before Ray starts), naming the option."""
     for name in ("workers", "threads_per_worker", "every", "min_polyp_frames"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -87,6 +111,36 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --max-video-seconds must be a positive number, got {args.max_video_seconds}")
     if args.max_retries < 0:
         raise SystemExit(f"error: --max-retries must be 0 or more, got {args.max_retries}")
+    if not args.address and args.threads_per_worker > usable_cpus():
+        raise SystemExit(
+            f"error: --threads-per-worker {args.threads_per_worker} is more than the {usable_cpus()} CPU(s) this "
+            "process may use: no worker could start"
+        )
+    for name in ("output", "overlays"):
+        value = getattr(args, name)
+        if value and "://" in value and not value.startswith("file://"):
+            raise SystemExit(
+                f"error: --{name} '{value}' is not a local folder: the tables are written to a local or mounted "
+                "folder (mount the bucket, or copy the folder after the run)"
+            )
+
+
+def prepare_output(folder: Path, what: str) -> Path:
+    """Create the output folder and prove it writable (a probe file written and removed) before any work.
+
+    Raises:
+        SystemExit: naming the folder and why (a read-only volume, no permission, a file in the way).
+    """
+    from ..atomic import describe_os_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: {what} '{folder}' cannot be written: {describe_os_error(error)}") from None
+    return folder
 
 
 class Progress:
@@ -125,8 +179,9 @@ class Progress:
 
 
 def commit_lost(settings: BatchSettings, procedures: list[Procedure], tries: int) -> int:
-    """After Ray Data gave up on a procedure (its worker died every try: out of memory, a crash), commit it as
-    an error naming it, so it is counted and not retried forever; returns how many."""
+    """After Ray Data gave up on a procedure (its worker process died on every try: killed by the system for
+    memory, or a crash), commit it as an error naming it, its last try's rows removed, so it is counted and
+    not retried forever; returns how many."""
     output = Path(settings.output)
     done = tables.committed(output)
     lost = 0
@@ -136,59 +191,112 @@ def commit_lost(settings: BatchSettings, procedures: list[Procedure], tries: int
             continue
         lost += 1
         reason = (
-            f"the worker died while reading '{procedure.path}' ({tries} tries): out of memory, or a crash; "
-            "give the workers more memory (fewer --workers) and run again"
+            f"the worker process died while reading procedure '{procedure.procedure_id}' ({tries} tries): killed "
+            "by the system (out of memory?) or crashed; give the workers more memory (fewer --workers) and run "
+            "again with --retry-errors"
         )
         extras = {name: procedure.extras.get(name, "") for name in settings.extras}
-        row = {"procedure_id": procedure.procedure_id, "path": procedure.path, "reason": reason, **extras}
-        tables.write_rows(output, "errors", key, [row], tables.schema("errors", list(settings.extras)))
+        path = procedure.path if settings.record_paths else None
+        row = {
+            "run_id": settings.run_id,
+            "procedure_id": procedure.procedure_id,
+            "path": path,
+            "error_type": "WorkerDied",
+            "reason": reason,
+            **extras,
+        }
         commit = {name: None for name in tables.PROCEDURES_SCHEMA.names}
         commit.update(
+            run_id=settings.run_id,
             procedure_id=procedure.procedure_id,
-            path=procedure.path,
+            path=path,
             kind=procedure.kind,
             status="error",
             frames=0,
-            **extras,
+            model_sha256=settings.model_sha256,
         )
-        tables.write_rows(
-            output, tables.COMMIT_TABLE, key, [commit], tables.schema("procedures", list(settings.extras))
-        )
+        commit_error(output, key, [row], commit, lambda table: tables.schema(table, list(settings.extras)))
+        print(f"error: {procedure.procedure_id}: {reason}", file=sys.stderr)
     return lost
+
+
+def count_rows(output: Path, table: str) -> int:
+    """Rows of one table; 0 where the run wrote none."""
+    import pyarrow.dataset as pads
+
+    folder = output / table
+    return pads.dataset(folder).count_rows() if folder.is_dir() else 0
+
+
+def remove_partial_overlays(folder: Path | None) -> None:
+    """The hidden half-made clips of a killed driver's workers (`VideoWriter`'s temporary files)."""
+    if folder is not None and folder.is_dir():
+        for path in folder.glob(".*.tmp-*"):
+            path.unlink(missing_ok=True)
+
+
+def run_settings(args: argparse.Namespace, listing: Listing) -> dict:
+    """The settings that change a row, as run.json records them."""
+    return {
+        "backend": args.backend,
+        "precision": args.precision,
+        "rle": args.rle,
+        "every": args.every,
+        "stills_fps": args.stills_fps,
+        "max_video_seconds": args.max_video_seconds,
+        "min_polyp_frames": args.min_polyp_frames,
+        "id_from": listing.id_from,
+        "overlays": bool(args.overlays),
+        "software_version": installed_version(),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
     """List the procedures, skip those committed before, run the rest on Ray Data; returns the run's counts."""
+    check_args(args)
+    output = prepare_output(Path(args.output).resolve(), "the output folder")
+    overlays = prepare_output(Path(args.overlays).resolve(), "the overlays folder") if args.overlays else None
+    listing = Listing(args.id_from, tuple(str(p) for p in (output, overlays) if p is not None))
+    try:
+        model = resolve_model(args.model, args.revision)
+        procedures = discover(args.input, args.glob, listing, args.manifest_encoding)
+    except NeoPolypError as error:
+        raise SystemExit(f"error: {error}") from None
+    with RunLock(output):
+        try:
+            run_id = check_or_record(output, run_identity(model, run_settings(args, listing)), args.model)
+        except NeoPolypError as error:
+            raise SystemExit(f"error: {error}") from None
+        return _run_locked(args, output, overlays, listing, model, run_id, procedures)
+
+
+def _run_locked(args, output: Path, overlays: Path | None, listing: Listing, model, run_id: str, procedures) -> dict:
     import ray
     import ray.data
 
-    check_args(args)
-    try:
-        procedures = discover(args.input)
-    except NeoPolypError as error:
-        raise SystemExit(f"error: {error}") from error
-    output = Path(args.output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(f"error: cannot create the output folder '{output}': {error.strerror or error}") from error
     tables.remove_uncommitted(output)  # what a killed run left half-made
+    remove_partial_overlays(overlays)
     done = tables.committed(output)
     redo = {None, "error"} if args.retry_errors else {None}  # None: never committed
     todo = [p for p in procedures if done.get(tables.procedure_key(p.procedure_id)) in redo]
+    for procedure in todo:  # a redo starts by undoing the old commit: killed half-way, it is redone again
+        tables.uncommit(output, tables.procedure_key(procedure.procedure_id))
     extras = sorted({name for p in procedures for name in p.extras})
     start_ray(args.address)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if args.backend in ("auto", "torch") else 0
     workers = args.workers or (gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // args.threads_per_worker))
     settings = BatchSettings(
-        output=str(output.resolve()),
-        model=args.model,
-        revision=args.revision,
+        output=str(output),
+        model=model.load_from,
+        revision=model.revision,
+        run_id=run_id,
+        model_sha256=model.sha256,
+        record_paths=listing.records_paths,
         backend="torch" if gpus and args.backend == "auto" else args.backend,
         precision=args.precision,
         threads=args.threads_per_worker,
         rle=args.rle,
-        overlays=str(Path(args.overlays).resolve()) if args.overlays else None,
+        overlays=str(overlays) if overlays else None,
         every=args.every,
         stills_fps=args.stills_fps,
         max_seconds=args.max_video_seconds,
@@ -205,7 +313,9 @@ def run(args: argparse.Namespace) -> dict:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # one line of our own instead of one per operator
         context.max_errored_blocks = -1  # a procedure whose worker dies every try is named in errors below
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no plan and timing lines around ours
+        # Ray Data logs each dead actor's traceback; the procedure it took is named in one line below instead.
+        for name in ("ray.data", "ray.data._internal"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         items = [p.to_item() for p in todo]
         with warnings.catch_warnings():
             # Ray 2.60 names no parameter for an actor's retries yet; its keyword arguments still pass them.
@@ -224,15 +334,25 @@ def run(args: argparse.Namespace) -> dict:
         try:
             for summary in dataset.iter_rows():
                 progress.update(summary)
+        except KeyboardInterrupt:
+            progress.close()
+            committed = len(tables.committed(output))
+            raise SystemExit(
+                f"interrupted: {committed} of {len(procedures)} procedures are committed in '{output}'; run the same "
+                "command again to resume (nothing committed is redone)"
+            ) from None
+        except Exception as error:  # noqa: BLE001 - Ray's own failure: one line, then the lost are named below
+            print(f"error: Ray Data stopped: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
         finally:
             progress.close()
     lost = commit_lost(settings, todo, args.max_retries + 1)
-    import pyarrow.dataset as pads
-
-    counts = {table: pads.dataset(output / table).count_rows() for table in ("procedures", "frames", "errors")}
+    counts = {table: count_rows(output, table) for table in ("procedures", "frames", "errors")}
     counts["read"] = sum(status == "ok" for status in tables.committed(output).values())
     counts["lost"] = lost
-    print(f"{counts['procedures']} procedures, {counts['frames']} frames, {counts['errors']} errors -> {output}")
+    print(
+        f"{counts['procedures']} procedures ({counts['read']} read, {counts['procedures'] - counts['read']} failed), "
+        f"{counts['frames']} frames, {counts['errors']} error rows -> {output}"
+    )
     return counts
 
 

@@ -5,7 +5,11 @@ Each procedure writes one file per table, named by its key (`procedure_key`): `f
 `tracks/KEY.parquet`, `errors/KEY.parquet`, then `procedures/KEY.parquet` last. Each file is written to a
 hidden temporary name and renamed (`write_atomic`), and the `procedures` file is the commit: a procedure
 without one is redone from the start, its files replaced under the same names, so no row is ever
-doubled. `pyarrow.dataset.dataset(folder)` skips the hidden temporary files of a killed run.
+doubled. `pyarrow.dataset.dataset(folder)` skips the hidden temporary files of a killed run. Every file of a
+table has the same columns (the RLE columns are null where `--rle` is off), so any reader sees one schema.
+
+Before a procedure is redone (`--retry-errors`), its commit is removed first (`uncommit`), so a redo killed
+half-way is redone again; an error commit removes the procedure's other rows first.
 """
 
 from __future__ import annotations
@@ -24,19 +28,22 @@ COMMIT_TABLE = "procedures"
 # The fixed columns of each table (the manifest's extra columns follow them, as text).
 FRAMES_SCHEMA = pa.schema(
     [
+        ("run_id", pa.string()),  # the run (run.json) that wrote the row
         ("procedure_id", pa.string()),
-        ("path", pa.string()),  # the video, or the still this frame is
+        ("path", pa.string()),  # the video, or the still this frame is (null unless --id-from path)
         ("frame_index", pa.int64()),
         ("time_s", pa.float64()),  # from the procedure's first frame
         ("neoplastic_percent", pa.float64()),  # of all the frame's pixels
         ("non_neoplastic_percent", pa.float64()),
         ("lesions", pa.int32()),  # lesions of at least the model's min_lesion_area
         ("track_ids", pa.list_(pa.int32())),
+        ("rle_neoplastic", pa.string()),  # the competition's RLE of each class's mask, with --rle (else null)
+        ("rle_non_neoplastic", pa.string()),
     ]
 )
-RLE_COLUMNS = [("rle_neoplastic", pa.string()), ("rle_non_neoplastic", pa.string())]  # with --rle
 TRACKS_SCHEMA = pa.schema(
     [
+        ("run_id", pa.string()),
         ("procedure_id", pa.string()),
         ("track_id", pa.int32()),
         ("class", pa.string()),  # the class the track is called: neoplastic or non_neoplastic
@@ -45,18 +52,26 @@ TRACKS_SCHEMA = pa.schema(
         ("first_frame", pa.int64()),
         ("last_frame", pa.int64()),
         ("first_time_s", pa.float64()),
-        ("last_time_s", pa.float64()),
+        ("last_time_s", pa.float64()),  # the start of the last frame it is seen in
+        ("time_in_view_s", pa.float64()),  # first frame's start to last frame's end
         ("frames_seen", pa.int64()),
         ("largest_area_px", pa.int64()),
     ]
 )
 ERRORS_SCHEMA = pa.schema(
-    [("procedure_id", pa.string()), ("path", pa.string()), ("reason", pa.string())]  # reason: the CLI's text
+    [
+        ("run_id", pa.string()),
+        ("procedure_id", pa.string()),
+        ("path", pa.string()),  # the file that failed (null unless --id-from path)
+        ("error_type", pa.string()),  # the exception's type: VideoLoadError, WorkerDied, ...
+        ("reason", pa.string()),  # the CLI's text
+    ]
 )
 PROCEDURES_SCHEMA = pa.schema(
     [
+        ("run_id", pa.string()),
         ("procedure_id", pa.string()),
-        ("path", pa.string()),
+        ("path", pa.string()),  # null unless --id-from path
         ("kind", pa.string()),  # video or stills ("" where it could not be read)
         ("status", pa.string()),  # ok, or error (its reason in `errors`)
         ("duration_s", pa.float64()),  # first to last frame, plus one frame's time
@@ -71,6 +86,9 @@ PROCEDURES_SCHEMA = pa.schema(
         ("backend", pa.string()),
         ("precision", pa.string()),
         ("software_version", pa.string()),
+        ("model_sha256", pa.string()),  # SHA-256 of the weights file the run used
+        ("study_instance_uid", pa.string()),  # of a DICOM procedure, else null
+        ("series_instance_uid", pa.string()),  # where all its objects share one, else null
     ]
 )
 SCHEMAS = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "procedures": PROCEDURES_SCHEMA}
@@ -81,12 +99,9 @@ def procedure_key(procedure_id: str) -> str:
     return hashlib.sha256(procedure_id.encode("utf-8")).hexdigest()[:24]
 
 
-def schema(table: str, extras: list[str], rle: bool = False) -> pa.Schema:
-    """A table's schema: its fixed columns, the RLE columns of `frames` with `rle`, then the extras as text."""
-    fields = list(SCHEMAS[table])
-    if table == "frames" and rle:
-        fields += [pa.field(name, kind) for name, kind in RLE_COLUMNS]
-    return pa.schema(fields + [pa.field(name, pa.string()) for name in extras])
+def schema(table: str, extras: list[str]) -> pa.Schema:
+    """A table's schema: its fixed columns, then the manifest's extra columns as text."""
+    return pa.schema(list(SCHEMAS[table]) + [pa.field(name, pa.string()) for name in extras])
 
 
 def table_path(output: Path, table: str, key: str) -> Path:
@@ -114,16 +129,28 @@ def committed(output: Path) -> dict[str, str]:
     return done
 
 
+def uncommit(output: Path, key: str) -> None:
+    """Undo a procedure's commit, then delete its rows: a redo killed at any point is redone again, never
+    kept with the old commit."""
+    table_path(output, COMMIT_TABLE, key).unlink(missing_ok=True)
+    for table in TABLES:
+        table_path(output, table, key).unlink(missing_ok=True)
+
+
 def remove_uncommitted(output: Path) -> list[Path]:
-    """Delete what a killed run left: temporary files, and rows of procedures that never committed."""
-    done = set(committed(output))
+    """Delete what a killed run left: temporary files, rows of procedures that never committed, and frame and
+    track rows of procedures committed as errors (a failed procedure has none)."""
+    done = committed(output)
     removed = []
     for table in TABLES:
         folder = output / table
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.name.startswith(".") or (path.suffix == ".parquet" and path.stem not in done):
+            stale = path.suffix == ".parquet" and (
+                path.stem not in done or (done[path.stem] == "error" and table in ("frames", "tracks"))
+            )
+            if path.name.startswith(".") or stale:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

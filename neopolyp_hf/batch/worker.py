@@ -23,7 +23,7 @@ from ..errors import NeoPolypError
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
 from ..rle import rle_encode
 from ..version import installed_version
-from ..video.io import DEFAULT_PRESET, VideoWriter, probe_video
+from ..video.io import DEFAULT_PRESET, Frame, VideoWriter, probe_video, read_frames
 from ..video.pipeline import clip_legend, overlay_frame, segment_video
 from ..video.tracking import LesionTracker
 from . import tables
@@ -38,8 +38,11 @@ class BatchSettings:
     """Everything a worker needs, the same for every procedure of a run."""
 
     output: str  # the output folder (local, or a mounted shared filesystem on a cluster)
-    model: str  # model folder, Hub repo id or .onnx file
-    revision: str | None = None
+    model: str  # model folder, Hub repo id or .onnx file, as resolved on the driver (runs.resolve_model)
+    revision: str | None = None  # the Hub commit the driver resolved: every actor loads the same one
+    run_id: str = ""
+    model_sha256: str = ""
+    record_paths: bool = False  # --id-from path: the tables may name folders and files
     backend: str = "auto"
     precision: str = "fp32"
     threads: int | None = None  # per worker: ONNX Runtime, torch and OpenCV threads
@@ -97,7 +100,14 @@ class ProcedureWorker:
         return {name: procedure.extras.get(name, "") for name in self.settings.extras}
 
     def _schema(self, table: str):
-        return tables.schema(table, list(self.settings.extras), self.settings.rle)
+        return tables.schema(table, list(self.settings.extras))
+
+    def _path(self, path: str) -> str | None:
+        """What the tables record of a file's path: nothing unless the user asked for paths."""
+        return path if self.settings.record_paths else None
+
+    def _rows(self, rows: list[dict], extras: dict) -> list[dict]:
+        return [{"run_id": self.settings.run_id, **row, **extras} for row in rows]
 
     def process(self, procedure: Procedure) -> dict:
         """Segment one procedure and commit its rows; a failure to read it commits an `errors` row instead.
@@ -113,23 +123,29 @@ class ProcedureWorker:
         try:
             procedure = expand(procedure)
             frames, tracks, summary = self._segment(procedure, overlay, errors)
-        except (NeoPolypError, OSError, MemoryError, ValueError) as error:
-            # What the CLI says of the same input; out of memory is named with its procedure too.
-            reason = "out of memory" if isinstance(error, MemoryError) else str(error)
-            for table in ("frames", "tracks"):
-                tables.table_path(output, table, key).unlink(missing_ok=True)
+        except Exception as error:  # noqa: BLE001 - any failure of one procedure is its error row, by type
+            # What the CLI says of the same input; other exceptions named by their type and message.
+            named = isinstance(error, (NeoPolypError, OSError))
+            reason = str(error) if named else f"{type(error).__name__}: {error}"
+            if isinstance(error, MemoryError):
+                reason = "out of memory"
             if overlay is not None:
                 overlay.unlink(missing_ok=True)
-            row = {"procedure_id": procedure.procedure_id, "path": procedure.path, "reason": reason, **extras}
-            rows = [{**r, **extras} for r in errors] + [row]  # the stills that failed before, then the procedure
-            tables.write_rows(output, "errors", key, rows, self._schema("errors"))
-            self._commit(output, key, procedure, "error", {}, extras)
+            row = {
+                "procedure_id": procedure.procedure_id,
+                "path": self._path(procedure.path),
+                "error_type": type(error).__name__,
+                "reason": reason,
+            }
+            commit = self._commit_row(procedure, "error", {})
+            commit_error(output, key, self._rows(errors + [row], extras), commit, self._schema)
             return self._summary(procedure, "error", 0, started, reason)
-        tables.write_rows(output, "frames", key, [{**r, **extras} for r in frames], self._schema("frames"))
-        tables.write_rows(output, "tracks", key, [{**r, **extras} for r in tracks], self._schema("tracks"))
-        tables.write_rows(output, "errors", key, [{**r, **extras} for r in errors], self._schema("errors"))
+        tables.write_rows(output, "frames", key, self._rows(frames, extras), self._schema("frames"))
+        tables.write_rows(output, "tracks", key, self._rows(tracks, extras), self._schema("tracks"))
+        tables.write_rows(output, "errors", key, self._rows(errors, extras), self._schema("errors"))
         summary["overlay"] = overlay.name if overlay is not None else ""
-        self._commit(output, key, procedure, "ok", summary, extras)
+        row = self._commit_row(procedure, "ok", summary)
+        tables.write_rows(output, tables.COMMIT_TABLE, key, [{**row, **extras}], self._schema("procedures"))
         return self._summary(procedure, "ok", len(frames), started, "")
 
     @staticmethod
@@ -143,10 +159,11 @@ class ProcedureWorker:
             "reason": reason,
         }
 
-    def _commit(self, output: Path, key: str, procedure: Procedure, status: str, summary: dict, extras: dict) -> None:
-        row = {
+    def _commit_row(self, procedure: Procedure, status: str, summary: dict) -> dict:
+        return {
+            "run_id": self.settings.run_id,
             "procedure_id": procedure.procedure_id,
-            "path": procedure.path,
+            "path": self._path(procedure.path),
             "kind": procedure.kind,
             "status": status,
             "duration_s": summary.get("duration_s", 0.0),
@@ -161,18 +178,42 @@ class ProcedureWorker:
             "backend": self.info.backend,
             "precision": self.info.precision,
             "software_version": self.version,
-            **extras,
+            "model_sha256": self.settings.model_sha256,
+            "study_instance_uid": procedure.study_uid or None,
+            "series_instance_uid": procedure.series_uid or None,
         }
-        tables.write_rows(output, tables.COMMIT_TABLE, key, [row], self._schema("procedures"))
 
     def _frames(self, procedure: Procedure, stack: contextlib.ExitStack, errors: list[dict], paths: list[str]):
-        """The frames to segment (a video's path, or an iterator of stills) and their rate."""
+        """The frames to segment (a video's path; the timed frames of several videos in turn; or an iterator
+        of stills) and their rate."""
         settings = self.settings
-        if procedure.kind == "video":
-            local = stack.enter_context(local_file(procedure.path))
+        if procedure.kind == "video" and len(procedure.paths) == 1:
+            local = stack.enter_context(local_file(procedure.paths[0]))
             info = probe_video(local, settings.max_pixels, settings.max_seconds)
-            paths.append(procedure.path)
+            paths.append(procedure.paths[0])
             return local, info.fps
+        if procedure.kind == "video":  # one procedure recorded as several files: one timeline, in order
+            locals_ = [stack.enter_context(local_file(uri)) for uri in procedure.paths]
+            infos = [probe_video(local, settings.max_pixels, None) for local in locals_]
+            total = sum(info.duration_s or 0.0 for info in infos)
+            if settings.max_seconds is not None and total > settings.max_seconds:
+                raise NeoPolypError(
+                    f"procedure '{procedure.procedure_id}' lasts {total:.1f} s in {len(infos)} files, over the "
+                    f"limit of {settings.max_seconds:g} s"
+                )
+
+            def joined() -> Iterator[Frame]:
+                index, offset = 0, 0.0
+                for uri, local, info in zip(procedure.paths, locals_, infos, strict=True):
+                    last = 0.0
+                    for frame in read_frames(local, settings.max_pixels, None):
+                        paths.append(uri)
+                        last = frame.time
+                        yield Frame(index, offset + frame.time, frame.rgb)
+                        index += 1
+                    offset += last + 1.0 / info.fps
+
+            return joined(), infos[0].fps
 
         def stills() -> Iterator[np.ndarray]:
             for uri in procedure.paths:
@@ -180,7 +221,14 @@ class ProcedureWorker:
                     with local_file(uri) as local:
                         rgb = load_image(local, max_pixels=settings.max_pixels)
                 except (NeoPolypError, OSError) as error:  # one bad still: named, the rest go on
-                    errors.append({"procedure_id": procedure.procedure_id, "path": uri, "reason": str(error)})
+                    errors.append(
+                        {
+                            "procedure_id": procedure.procedure_id,
+                            "path": self._path(uri),
+                            "error_type": type(error).__name__,
+                            "reason": str(error),
+                        }
+                    )
                     continue
                 paths.append(uri)
                 yield rgb
@@ -190,8 +238,11 @@ class ProcedureWorker:
     def _segment(self, procedure: Procedure, overlay: Path | None, errors: list[dict]):
         settings, config = self.settings, self.config
         names = config["class_names"]
-        tracker = LesionTracker(names, config["uncertain_range"])
-        frames, times, paths = [], [], []
+        # Stills are separate photographs: each lesion of each still is its own finding, never joined across
+        # stills by a tracker, and never held to the video minimum of frames.
+        stills = procedure.kind == "stills"
+        tracker = None if stills else LesionTracker(names, config["uncertain_range"])
+        frames, times, paths, findings = [], [], [], []
         writer, legend = None, None
         with contextlib.ExitStack() as stack:
             source, fps = self._frames(procedure, stack, errors, paths)
@@ -201,22 +252,28 @@ class ProcedureWorker:
             results = segment_video(
                 self.model,
                 source,
+                tracking=not stills,
                 tracker=tracker,
-                every=settings.every,
+                every=1 if stills else settings.every,
                 fps=fps,
                 max_pixels=settings.max_pixels,
                 max_seconds=settings.max_seconds,
             )
             for result in results:
+                if stills:
+                    ids = list(range(len(findings) + 1, len(findings) + 1 + len(result.lesions)))
+                    findings += [(result.index, lesion) for lesion in result.lesions]
+                else:
+                    ids = result.track_ids
                 row = {
                     "procedure_id": procedure.procedure_id,
-                    "path": paths[min(result.index, len(paths) - 1)],
+                    "path": self._path(paths[min(result.index, len(paths) - 1)]),
                     "frame_index": result.index,
                     "time_s": result.time,
                     "neoplastic_percent": result.percentages.get("neoplastic", 0.0),
                     "non_neoplastic_percent": result.percentages.get("non_neoplastic", 0.0),
                     "lesions": len(result.lesions),
-                    "track_ids": result.track_ids,
+                    "track_ids": ids,
                 }
                 if settings.rle:
                     row["rle_neoplastic"], row["rle_non_neoplastic"] = (
@@ -228,30 +285,42 @@ class ProcedureWorker:
                     legend = legend or clip_legend(result.frame, config)
                     writer.write(overlay_frame(result, config, legend), result.time)
             if not frames:
-                raise NeoPolypError(f"'{procedure.path}' has no readable frame")
+                raise NeoPolypError(f"procedure '{procedure.procedure_id}' has no readable frame")
             if writer is not None:
                 writer.close()
         step = 1.0 / fps
         low, high = config["uncertain_range"]
+        if stills:
+            seen = [
+                (number, lesion.class_index, lesion.neoplastic_probability, index, index, 1, lesion.area_px)
+                for number, (index, lesion) in enumerate(findings, start=1)
+            ]
+        else:
+            seen = [
+                (t.id, t.class_index, t.neoplastic_probability, t.first_frame, t.last_frame, t.frames_seen, area)
+                for t, area in ((t, t.largest_area) for t in sorted(tracker.tracks, key=lambda t: t.id))
+            ]
+        # A frame lasts until the next one; the last one, one frame's time at the clip's rate.
+        durations = np.diff(np.append(times, times[-1] + step))
         tracks = [
             {
                 "procedure_id": procedure.procedure_id,
-                "track_id": t.id,
-                "class": names[t.class_index],
-                "p_neoplastic_given_polyp": t.neoplastic_probability,
-                "uncertain": bool(low <= t.neoplastic_probability <= high),
-                "first_frame": t.first_frame,
-                "last_frame": t.last_frame,
-                "first_time_s": times[t.first_frame],
-                "last_time_s": times[t.last_frame],
-                "frames_seen": t.frames_seen,
-                "largest_area_px": t.largest_area,
+                "track_id": track_id,
+                "class": names[class_index],
+                "p_neoplastic_given_polyp": probability,
+                "uncertain": bool(low <= probability <= high),
+                "first_frame": first,
+                "last_frame": last,
+                "first_time_s": times[first],
+                "last_time_s": times[last],
+                "time_in_view_s": float(times[last] + durations[last] - times[first]),
+                "frames_seen": count,
+                "largest_area_px": area,
             }
-            for t in sorted(tracker.tracks, key=lambda t: t.id)
+            for track_id, class_index, probability, first, last, count, area in seen
         ]
-        polyps = [t for t in tracks if t["frames_seen"] >= settings.min_polyp_frames]
-        # A frame lasts until the next one; the last one, one frame's time at the clip's rate.
-        durations = np.diff(np.append(times, times[-1] + step))
+        minimum = 1 if stills else settings.min_polyp_frames
+        polyps = [t for t in tracks if t["frames_seen"] >= minimum]
         in_view = np.array([row["lesions"] > 0 for row in frames])
         summary = {
             "duration_s": float(durations.sum() + times[0]),
@@ -262,3 +331,13 @@ class ProcedureWorker:
             "polyp_time_s": float(durations[in_view].sum()),
         }
         return frames, tracks, summary
+
+
+def commit_error(output: Path, key: str, error_rows: list[dict], commit: dict, schema) -> None:
+    """Commit a procedure as failed: its other rows (a failed try's frames and tracks) deleted first, then its
+    `errors` rows, then the commit. `schema(table)` gives each table's schema; `commit` is the procedures row."""
+    for table in ("frames", "tracks"):
+        tables.table_path(output, table, key).unlink(missing_ok=True)
+    extras = {k: v for k, v in error_rows[-1].items() if k not in tables.ERRORS_SCHEMA.names}
+    tables.write_rows(output, "errors", key, error_rows, schema("errors"))
+    tables.write_rows(output, tables.COMMIT_TABLE, key, [{**commit, **extras}], schema("procedures"))

@@ -66,7 +66,7 @@ def segment_video(
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> Iterator[VideoFrameResult]:
     """Yield one result per frame of a video file, or of an iterator of HxWx3 uint8 frames (a camera,
-    timed at `fps`). With `tracking`, lesions carry track ids and every pixel of a lesion takes its
+    timed at `fps`) or of timed `Frame`s. With `tracking`, lesions carry track ids and every pixel of a lesion takes its
     track's class (pass a `tracker` to read its tracks afterwards); `every` N runs the model on every
     Nth frame only, the frames between reusing the last result."""
     if every < 1:
@@ -74,7 +74,11 @@ def segment_video(
     if isinstance(source, (str, os.PathLike)):
         frames: Iterator[Frame] = prefetch(read_frames(source, max_pixels, max_seconds))
     else:
-        frames = (Frame(i, i / fps, np.asarray(rgb, np.uint8)) for i, rgb in enumerate(source))
+        # Frames already timed (several clips of one procedure, read in turn) keep their times.
+        frames = (
+            item if isinstance(item, Frame) else Frame(i, i / fps, np.asarray(item, np.uint8))
+            for i, item in enumerate(source)
+        )
     config = model._inference_config
     if tracking and tracker is None:
         tracker = LesionTracker(config["class_names"], config["uncertain_range"])
