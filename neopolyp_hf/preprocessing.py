@@ -96,7 +96,9 @@ def load_image(
         raise ImageLoadError(f"image file {name} does not exist")
     dicom = is_dicom(source)
     if not dicom and isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".dcm":
-        raise ImageLoadError(f"{name} has a DICOM name but is not a DICOM file (no DICM mark after the preamble)")
+        raise ImageLoadError(
+            f"{name} has a DICOM name but is not a DICOM file (no DICM mark, no DICOM data set at its start)"
+        )
     if dicom:  # a hospital's still: VL Endoscopic, Secondary Capture, ...
         rgb, _ = read_still(source, name)
         _check_pixels(rgb.shape[0] * rgb.shape[1], max_pixels, name)

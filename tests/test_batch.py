@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ray", reason="archive mode needs the batch extra: pip install '.[batch]'")
@@ -239,3 +240,57 @@ def test_a_procedure_whose_worker_died_every_try_is_committed_as_an_error_naming
     assert tables.committed(tmp_path) == {key: "error"}
     assert not tables.table_path(tmp_path, "frames", key).exists()  # the last try's rows went with it
     assert commit_lost(settings, [lost], tries=3) == 0  # committed once: never twice
+
+
+def test_a_hospital_export_names_no_patient_and_counts_stills_and_split_clips(
+    local_ray, archive, batch_model, tmp_path
+):
+    """A PACS export (folders named after the patient, stills named by UID, one study across two folders) and a
+    manifest that gives one colonoscopy as two clips: procedures as the hospital has them, no name in a table."""
+    from helpers import PATIENT_FIELDS, dicom_still, marked_frame
+    from pydicom.uid import generate_uid
+
+    export = tmp_path / "export"
+    study = generate_uid()
+    for index, folder in enumerate(("DOE_JANE_19700101/S1", "DOE_JANE_19700101/S2")):
+        (export / folder).mkdir(parents=True)
+        dicom_still(
+            export / folder / f"1.2.826.0.1.3680043.8.498.{index + 1}", marked_frame(160, 120), StudyInstanceUID=study
+        )
+    output = tmp_path / "out"
+    counts = run_batch(export, "--model", batch_model, "--output", output)
+    assert counts["procedures"] == 1 and counts["read"] == 1 and counts["frames"] == 2
+    (procedure,) = table(output, "procedures").to_pylist()
+    assert procedure["procedure_id"] == study and procedure["study_instance_uid"] == study
+    assert procedure["kind"] == "stills" and procedure["path"] is None
+    tracks = table(output, "tracks").to_pylist()
+    assert all(t["frames_seen"] == 1 for t in tracks)  # stills: never joined across photographs
+    found = sum(procedure[name] for name in ("polyps_neoplastic", "polyps_non_neoplastic"))
+    assert found == len(tracks)  # each still's lesion counts: no video minimum of frames
+    for name in tables.TABLES:
+        text = str(table(output, name).to_pylist())
+        assert "DOE" not in text and not any(str(v) in text for v in PATIENT_FIELDS.values())
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        f"path;procedure_id\n{archive / 'a' / 'clip1.mp4'};C-1\n{archive / 'a' / 'clip2.mp4'};C-1\n;;\n"
+        f"{archive / 'memo.mp3'};C-2\n"
+    )
+    split = tmp_path / "split"
+    counts = run_batch(manifest, "--model", batch_model, "--output", split)
+    rows = {r["procedure_id"]: r for r in table(split, "procedures").to_pylist()}
+    assert rows["C-1"]["status"] == "ok" and rows["C-1"]["frames"] == 12  # two clips, one timeline
+    times = sorted(r["time_s"] for r in table(split, "frames").to_pylist() if r["procedure_id"] == "C-1")
+    assert np.all(np.diff(times) > 0) and abs(times[-1] - 11 / 8.0) < 1e-6
+    assert rows["C-2"]["status"] == "error"
+
+    everything_fails = tmp_path / "fails"
+    assert run_batch(archive / "memo.mp3", "--model", batch_model, "--output", everything_fails)["read"] == 0
+    (error,) = table(everything_fails, "errors").to_pylist()
+    assert error["error_type"] == "VideoLoadError" and count_rows_frames(everything_fails) == 0
+
+
+def count_rows_frames(output: Path) -> int:
+    from neopolyp_hf.batch.cli import count_rows
+
+    return count_rows(output, "frames")

@@ -133,6 +133,8 @@ def probe_video(
 
         return probe_dicom_video(path, max_pixels, max_seconds)
     name = Path(path).name
+    if Path(path).suffix.lower() == ".dcm":
+        raise VideoLoadError(f"'{name}' has a DICOM name but is not a DICOM file (no DICM mark, no DICOM data set)")
     container, stream = _open(path)
     try:
         width, height = stream.codec_context.width, stream.codec_context.height

@@ -93,12 +93,15 @@ def list_images(folder: Path) -> dict[str, Path]:
     for path in files:
         if not is_image_file(path):
             continue
-        if path.stem in images:  # the submission has one row pair per id: two files cannot share one
+        # An image's id is its name without the extension; a DICOM file named by its UID (1.2.826.0.1....12, as
+        # PACS exports name them) has no extension: its whole name is its id.
+        image_id = path.stem if path.suffix.lower() in IMAGE_EXTENSIONS else path.name
+        if image_id in images:  # the submission has one row pair per id: two files cannot share one
             raise SystemExit(
-                f"error: '{images[path.stem].name}' and '{path.name}' in '{folder}' have the same id "
-                f"'{path.stem}': rename or remove one"
+                f"error: '{images[image_id].name}' and '{path.name}' in '{folder}' have the same id "
+                f"'{image_id}': rename or remove one"
             )
-        images[path.stem] = path
+        images[image_id] = path
     for path in files:
         if not is_image_file(path):
             print(f"not an image, left out: {path.name} (formats: {', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
