@@ -11,7 +11,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test test-fast demo lint format chromium demo-model clean
+.PHONY: test test-fast demo lint format chromium dicom3tools demo-model clean
 
 # pyproject.toml declares ranges; constraints.txt holds the exact versions CI, make and the Space install
 # (made by tools/lock.py). The tests need every extra; the demo the app and train ones.
@@ -44,7 +44,16 @@ format: $(VENV)/.installed-test
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: $(VENV)/.installed-test chromium lint
+# The SEG tests validate with dciodvfy (dicom3tools, Debian's package), installed the same way where possible.
+dicom3tools:
+	@command -v dciodvfy >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools || (apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools)) >/dev/null \
+			|| echo "dicom3tools could not be installed: the dciodvfy checks will skip"; \
+	else echo "no dciodvfy found and none can be installed here: the dciodvfy checks will skip"; fi
+
+test: $(VENV)/.installed-test chromium dicom3tools lint
 	HF_HUB_OFFLINE=1 tests/loopback_only $(PY) -m pytest -q --durations=20
 
 # The quick part: nothing that trains, serves or encodes video (a few minutes on 2 cores).

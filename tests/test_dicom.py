@@ -84,7 +84,10 @@ def test_what_is_not_a_colour_still_is_refused_by_name(tmp_path):
         32,
         PixelData=__import__("pydicom.encaps").encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(60)]),
     )
-    with pytest.raises(ImageLoadError, match=r"compressed as 1.2.840.10008.1.2.4.201.*no installed decoder"):
+    with pytest.raises(
+        ImageLoadError,
+        match=r"HTJ2K Lossless \(1.2.840.10008.1.2.4.201\).*decoder reads: pip install pylibjpeg pylibjpeg-openjpeg",
+    ):
         load_image(htj2k)
     whole = dicom_still(tmp_path / "whole.dcm", rgb).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(whole[: len(whole) - 600])
@@ -305,3 +308,56 @@ def test_each_refusal_through_the_cli_names_the_file_and_the_problem(model_dir, 
         with pytest.raises(SystemExit, match=rf"{name}'.*{reason}"):
             run_predict("--model", model_dir, "--video", folder / name, "--timeline", tmp_path / "t.csv")
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "t.csv").exists()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's (dicom3tools, DICOM's reference validator) error lines for a file."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (Debian: apt-get install dicom3tools; make test installs it as root)")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},  # a clean still
+        {"PatientBirthDate": "1958-02-14", "StudyDate": "2024/05/01", "PatientSex": "female"},  # as archives hold them
+        {"PatientOrientation": ["A", "F"]},
+        {"SOPInstanceUID": "../../escaped/x"},
+    ],
+    ids=["clean", "malformed-values", "orientation", "traversal-uid"],
+)
+def test_every_seg_validates_and_copies_no_equipment_nor_bad_value(model_dir, tmp_path, fields, capfd):
+    import pydicom
+    from highdicom.seg import segread
+
+    images = tmp_path / "images"
+    images.mkdir()
+    still = dicom_still(images / "frame.dcm", marked_frame(96, 64), **fields)
+    if "SOPInstanceUID" in fields:  # the File Meta names the same instance
+        dataset = pydicom.dcmread(still)
+        dataset.file_meta.MediaStorageSOPInstanceUID = fields["SOPInstanceUID"]
+        dataset.save_as(still)
+    seg_dir = tmp_path / "seg"
+    run_predict("--model", model_dir, "--images", images, "--output", tmp_path / "s.csv", "--dicom-seg", seg_dir)
+    (seg_file,) = [p for p in tmp_path.rglob("*.seg.dcm")]
+    assert seg_file.parent == seg_dir  # never outside --dicom-seg
+    errors = dciodvfy_errors(seg_file)
+    if "SOPInstanceUID" in fields:  # the SEG must reference its source's (invalid) UID: the only error allowed
+        assert seg_file.name.startswith("uid-")
+        assert all("escaped/x" in line or "invalid data values" in line for line in errors)
+    else:
+        assert errors == []
+    seg = segread(seg_file)
+    text = str(seg)
+    for value in ("St Elsewhere Hospital", "1958-02-14", "2024/05/01", str(model_dir)):
+        assert value not in text
+    (algorithm,) = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+    assert len(algorithm.AlgorithmVersion) == 64  # the weights' SHA-256 for a local model, whole
+    out, err = capfd.readouterr()
+    assert "1958-02-14" not in out + err and str(model_dir) not in err

@@ -34,6 +34,8 @@ class ModelInfo:
     datasets: tuple[str, ...]
     # The card's figures (name, value), as measured on the run's held-out split: pooled Dice per class, mean.
     metrics: tuple[tuple[str, float], ...] = ()
+    commit: str | None = None  # the Hub commit the weights came from (None: local files)
+    weights_sha256: str = ""  # of the weights file (or the .onnx export) loaded
 
     @property
     def synthetic(self) -> bool:
@@ -94,7 +96,8 @@ def load_segmenter(
     try:
         if str(source).endswith(".onnx"):  # an export: its metadata says the config and precision
             segmenter = OnnxSegmenter(source, threads)
-            return segmenter, ModelInfo(source, "local file", "cpu", "onnx", segmenter.precision, ())
+            digest = file_digest(source)
+            return segmenter, ModelInfo(source, "local file", "cpu", "onnx", segmenter.precision, (), (), None, digest)
         device = pick_device()
         if backend == "auto":
             backend = "onnx" if device.type == "cpu" or precision == "int8" else "torch"
@@ -130,4 +133,7 @@ def load_segmenter(
         datasets = tuple(card.to_dict().get("datasets") or ())
         metrics = tuple((r.metric_name, float(r.metric_value)) for r in card.eval_results or ())
     revision = files.describe_revision()
-    return segmenter, ModelInfo(source, revision, str(device), backend, precision, datasets, metrics)
+    digest = file_digest(files.weights)
+    return segmenter, ModelInfo(
+        source, revision, str(device), backend, precision, datasets, metrics, files.commit, digest
+    )

@@ -191,7 +191,14 @@ class SpaceHandlers:
             return gr.File(value=None, visible=False)
         try:
             source = read_dataset(kept.image_path, "the upload")
-            seg = build_seg(source, kept.mask, self.model_name, self.info.revision, self.software_version)
+            seg = build_seg(
+                source,
+                kept.mask,
+                self.model_name,
+                self.info.commit or "",
+                self.software_version,
+                self.info.weights_sha256,
+            )
         except (NeoPolypError, ImportError) as error:
             raise gr.Error(f"No DICOM SEG: {error}", print_exception=False) from error
         path = self.outputs.save("neopolyp_seg", ".dcm", lambda p: write_atomic(p, lambda tmp: seg.save_as(tmp)))

@@ -206,7 +206,7 @@ def write_dicom_seg(source: Path, mask, folder: Path, info) -> Path:
     """The DICOM SEG of a DICOM still's mask, named by the still's SOP Instance UID (never a patient field)."""
     from neopolyp_hf.dicom_seg.writer import write_seg
 
-    return write_seg(source, mask, folder, info.source, info.revision, installed_version())
+    return write_seg(source, mask, folder, info.source, info.commit or "", installed_version(), info.weights_sha256)
 
 
 def predict_images(args, backend, info, images, ids, bad, masks_dir, probabilities_dir, written: list[Path]) -> Path:
