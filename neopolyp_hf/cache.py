@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +26,26 @@ def _writable(folder: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _private(folder: Path) -> bool:
+    """Whether a folder in the shared temporary directory is this user's alone: made here with mode 0700 where it
+    is missing; else owned by this user, no link, and closed to others (a folder another local user made, or
+    opened, could swap the cached ONNX graphs that later runs load)."""
+    if not hasattr(os, "getuid"):
+        return True
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    if info.st_mode & 0o077:  # our own, made opener by an older release or a umask: closed now
+        os.chmod(folder, 0o700)
+    return True
 
 
 def cache_root() -> Path:
@@ -44,6 +65,11 @@ def cache_root() -> Path:
     if _writable(folder):
         return folder
     fallback = Path(tempfile.gettempdir()) / f"neopolyp-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    if not _private(fallback):
+        raise OSError(
+            f"'{folder}' cannot be written, and the temporary cache folder '{fallback}' is not this user's own private "
+            f"folder (another user may have made it): set {CACHE_VARIABLE} to a writable folder"
+        )
     if not _writable(fallback):
         raise OSError(f"no writable cache folder ('{folder}', '{fallback}'): set {CACHE_VARIABLE} to a writable folder")
     warnings.warn(

@@ -111,6 +111,28 @@ def test_the_cache_folder_falls_back_when_home_cannot_be_written(tmp_path, monke
         cache_root()
 
 
+def test_the_temporary_cache_folder_of_another_user_is_not_trusted(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("making a folder owned by another user needs root")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.delenv("NEOPOLYP_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked / "cache"))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"neopolyp-cache-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 12345, 12345)  # made by another local user, open to all
+    with pytest.raises(OSError, match="is not this user's own private folder"):
+        cache_root()
+    os.chown(planted, os.getuid(), os.getgid())
+    with pytest.warns(UserWarning):
+        assert cache_root() == planted
+    assert planted.stat().st_mode & 0o077 == 0
+
+
 def test_saved_weights_are_readable_like_any_other_output(random_model, tmp_path):
     """safetensors writes owner-only (0600): a model folder shared with colleagues was unreadable to them."""
     random_model.save_pretrained(tmp_path / "m")

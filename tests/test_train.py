@@ -303,6 +303,15 @@ def test_split_file_last_checkpoint_and_polyp_head_recipe(tmp_path, synthetic_da
         timeout=600,
     )
     assert result.returncode != 0 and "'nope'" in result.stderr
+    bad.write_text(json.dumps({"train": ids, "val": ids[:3]}))  # val frames also in train: refused
+    result = subprocess.run(
+        TRAIN + ["--data-dir", str(synthetic_data), "--output-dir", str(tmp_path / "r3"), "--split", str(bad)] + SMALL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0 and f"puts 3 id(s) in both train and val, e.g. '{ids[0]}'" in result.stderr
+    assert not (tmp_path / "r3" / "best").exists()
 
 
 @pytest.mark.slow

@@ -147,6 +147,15 @@ def prepare_data(args: argparse.Namespace, accelerator: Accelerator, out: Path):
         unknown = sorted(set(split["train"] + split["val"]) - set(cache.ids))
         if unknown:
             raise DataError(f"split '{args.split}' names {len(unknown)} id(s) not in the data, e.g. '{unknown[0]}'")
+        # Calibration and the card's figures come from val: a frame in both lists would grade its own training.
+        both = sorted(set(split["train"]) & set(split["val"]))
+        if both:
+            raise DataError(
+                f"split '{args.split}' puts {len(both)} id(s) in both train and val, e.g. '{both[0]}': each id "
+                "belongs to one list"
+            )
+        if not split["train"] or not split["val"]:
+            raise DataError(f"split '{args.split}' needs at least one id in each of train and val")
         if accelerator.is_main_process:
             write_text_atomic(split_path, json.dumps(split, indent=1))
     else:
