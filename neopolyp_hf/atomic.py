@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -45,7 +46,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as error:
         raise OSError(error.errno, f"{describe_os_error(error)} while writing '{path}'") from error
     finally:
-        tmp.unlink(missing_ok=True)
+        # A file system that turned read-only lets nothing be removed: the write's error is the one to report.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

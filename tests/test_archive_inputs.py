@@ -320,3 +320,20 @@ def test_planted_patient_fields_never_reach_the_listing(tmp_path):
     recorded = json.dumps([(p.procedure_id, p.path, p.extras) for p in discover(str(tmp_path))])
     for value in PATIENT_FIELDS.values():
         assert str(value) not in recorded
+
+
+def test_a_file_system_that_turns_read_only_mid_write_gives_one_error_naming_the_path(tmp_path, monkeypatch):
+    """The temporary file cannot be removed either (EROFS): the error is the write's, naming the path, not one
+    from the writer's cleanup."""
+    import errno
+
+    from neopolyp_hf.atomic import write_atomic
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    target = tmp_path / "procedures" / "key.parquet"
+    with pytest.raises(OSError, match=rf"read-only file system while writing '{target}'") as raised:
+        write_atomic(target, read_only)
+    assert raised.value.errno == errno.EROFS

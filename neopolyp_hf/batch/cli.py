@@ -267,7 +267,14 @@ def run(args: argparse.Namespace) -> dict:
             run_id = check_or_record(output, run_identity(model, run_settings(args, listing)), args.model)
         except NeoPolypError as error:
             raise SystemExit(f"error: {error}") from None
-        return _run_locked(args, output, overlays, listing, model, run_id, procedures)
+        try:
+            return _run_locked(args, output, overlays, listing, model, run_id, procedures)
+        except OSError as error:  # the output's file system turned read-only or filled up mid-run
+            committed = len(tables.committed(output)) if output.is_dir() else 0
+            raise SystemExit(
+                f"error: {error}; the {committed} procedures committed before are kept: free the disk or make "
+                f"'{output}' writable, then run the same command again to resume"
+            ) from None
 
 
 def _run_locked(args, output: Path, overlays: Path | None, listing: Listing, model, run_id: str, procedures) -> dict:
