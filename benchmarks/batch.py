@@ -92,7 +92,7 @@ def stage_shares(model_source: str, precision: str, clip: Path, folder: Path) ->
 
     from neopolyp_hf.batch import tables
     from neopolyp_hf.onnx.loading import load_segmenter
-    from neopolyp_hf.video.io import read_frames
+    from neopolyp_hf.video.sources import read_frames
     from neopolyp_hf.video.tracking import LesionTracker
 
     torch.set_num_threads(1)

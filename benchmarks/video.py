@@ -49,8 +49,8 @@ from neopolyp_hf.training.clips import scene_frames, write_clip
 from neopolyp_hf.training.data import load_pair
 from neopolyp_hf.training.evaluation import read_ids, select_samples
 from neopolyp_hf.training.metrics import DiceAccumulator
-from neopolyp_hf.video.io import read_frames
 from neopolyp_hf.video.pipeline import segment_video, write_video_outputs
+from neopolyp_hf.video.sources import read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import print_table, save_rows  # noqa: E402  (a sibling module of the benchmarks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,20 +115,75 @@ def _pydicom():
     return pydicom
 
 
-def read_dataset(source: str | os.PathLike | bytes, name: str, stop_before_pixels: bool = False):
-    """The parsed object (pydicom `Dataset`); a file that is not DICOM, or is cut short, refused by name.
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+# What a data set may inflate to beside its pixels (its header: sequences, overlays, private groups).
+HEADER_ALLOWANCE = 16 << 20
+DEFAULT_MAX_BYTES = 256 << 20  # a still's data set, inflated: well over a 64 MP frame's 3 bytes a pixel
+
+
+def _inflate(handle, name: str, max_bytes: int) -> bytes:
+    """The raw-deflated rest of a file, inflated block by block and refused once past `max_bytes` (a deflated
+    data set inflates up to about 1000:1: a 20 MB upload could otherwise take gigabytes).
 
     Raises:
-        ImageLoadError: not DICOM, truncated or unreadable; the message names `name` and no header field.
+        ImageLoadError: past the limit, or not deflate data.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    while True:
+        chunk = inflater.unconsumed_tail or handle.read(1 << 20)
+        if not chunk:
+            break
+        try:
+            out += inflater.decompress(chunk, max_bytes + 1 - len(out))
+        except zlib.error as error:
+            raise ImageLoadError(f"{name} has corrupt deflated data ({error})") from error
+        if len(out) > max_bytes:
+            raise ImageLoadError(
+                f"{name} inflates to more than {max_bytes / 2**20:.0f} MB, over the limit for its pixels (a "
+                "decompression bomb?)"
+            )
+    return bytes(out + inflater.flush())
+
+
+def read_dataset(
+    source: str | os.PathLike | bytes,
+    name: str,
+    stop_before_pixels: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+):
+    """The parsed object (pydicom `Dataset`); a file that is not DICOM, or is cut short, refused by name. A
+    Deflated data set is inflated under `max_bytes` (bytes); a bare data set (no preamble, no File Meta) is read
+    too, its transfer syntax the encoding it was read in.
+
+    Raises:
+        ImageLoadError: not DICOM, truncated, unreadable or inflating past `max_bytes`; the message names `name`
+            and no header field.
     """
     pydicom = _pydicom()
-    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_preamble
+    from pydicom.filereader import read_dataset as read_body
+
+    force = is_dicom(source)  # a bare data set: is_dicom has checked its first element
     try:
-        # force: a bare data set (no preamble, no File Meta) is read too; is_dicom has checked its first element.
-        dataset = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels, force=is_dicom(source))
+        with io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb") as handle:
+            read_preamble(handle, force=True)
+            meta = _read_file_meta_info(handle)
+            if str(meta.get("TransferSyntaxUID", "")) == DEFLATED:
+                body = _inflate(handle, name, max_bytes)
+                stop = _at_pixel_data if stop_before_pixels else None
+                dataset = read_body(io.BytesIO(body), False, True, stop_when=stop)
+                meta.TransferSyntaxUID = EXPLICIT_LITTLE  # as the inflated bytes now are
+                dataset.file_meta = meta
+            else:
+                handle.seek(0)
+                dataset = pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels, force=force)
+    except ImageLoadError:
+        raise
     except pydicom.errors.InvalidDicomError as error:
         raise ImageLoadError(f"{name} is not a DICOM file (no DICM mark, no DICOM data set at its start)") from error
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as error:
         raise ImageLoadError(f"{name} is a truncated or corrupt DICOM file ({type(error).__name__})") from error
     if "TransferSyntaxUID" not in dataset.file_meta:  # a bare data set: its encoding as read names its syntax
         implicit, little = getattr(dataset, "original_encoding", (None, None))
@@ -135,6 +191,14 @@ def read_dataset(source: str | os.PathLike | bytes, name: str, stop_before_pixel
             "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
         )
     return dataset
+
+
+def pixel_data_follows(path: str | os.PathLike) -> bool:
+    """Whether Pixel Data follows the header of the DICOM file at `path` (read without its pixels)."""
+    pydicom = _pydicom()
+    with open(path, "rb") as handle:
+        pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+        return handle.read(4) == b"\xe0\x7f\x10\x00"
 
 
 def summarize(dataset) -> DicomSummary:
@@ -151,7 +215,7 @@ def summarize(dataset) -> DicomSummary:
     )
 
 
-def check_image(dataset, name: str) -> DicomSummary:
+def check_image(dataset, name: str, has_pixels: bool | None = None) -> DicomSummary:
     """Refuse, by name and with the reason, what is not a colour image: a DICOMDIR, an object without pixels
     (a structured report, a presentation state), monochrome or palette pictures.
 
@@ -162,7 +226,9 @@ def check_image(dataset, name: str) -> DicomSummary:
     sop = str(getattr(dataset, "SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop == DICOMDIR or "DirectoryRecordSequence" in dataset:
         raise ImageLoadError(f"{name} is a DICOMDIR (an index of other files), not an image: give the files it lists")
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+    if has_pixels is None:
+        has_pixels = "PixelData" in dataset or "FloatPixelData" in dataset
+    if not has_pixels:
         raise ImageLoadError(f"{name} ({summary.sop_class}) holds no Pixel Data: no image to segment")
     photometric = str(getattr(dataset, "PhotometricInterpretation", ""))
     if photometric not in COLOUR:
@@ -173,45 +239,65 @@ def check_image(dataset, name: str) -> DicomSummary:
     return summary
 
 
-def decode_frames(dataset, name: str, index: int | None = None) -> np.ndarray:
-    """The pixels as RGB uint8, N x H x W x 3 (or H x W x 3 for one `index`), as a viewer shows them.
+def decode_frames(source, name: str, index: int | None = None, syntax: str | None = None) -> np.ndarray:
+    """The pixels as RGB uint8, N x H x W x 3 (or H x W x 3 for one `index`), as a viewer shows them. `source`
+    is a pydicom Dataset, or the path of a Part 10 file: then pydicom reads only the frame asked for.
 
     Raises:
-        ImageLoadError: the transfer syntax needs a decoder that is not installed (named), or the data is cut short.
+        ImageLoadError: the transfer syntax needs a decoder that is not installed (every package named), or the
+            data is cut short.
     """
     from pydicom.pixels import pixel_array
 
-    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    if syntax is None:
+        syntax = str(source.file_meta.TransferSyntaxUID)
     try:
         # pydicom converts YBR to RGB (as_rgb) and honours the planar configuration.
-        pixels = pixel_array(dataset, index=index)
+        pixels = pixel_array(source, index=index)
     except (NotImplementedError, RuntimeError, ImportError) as error:
         described, packages = DECODER_PACKAGES.get(syntax, (syntax, ()))
         hint = f": pip install {' '.join(packages)}" if packages else ""
         raise ImageLoadError(
             f"{name} is compressed as {described} ({syntax}), which no installed decoder reads{hint}"
         ) from error
-    except (ValueError, EOFError, OSError) as error:
+    except (ValueError, EOFError, OSError, AttributeError, KeyError) as error:
         raise ImageLoadError(f"{name} has truncated or corrupt pixel data ({type(error).__name__})") from error
     if pixels.dtype != np.uint8:
-        bits = int(getattr(dataset, "BitsStored", 8) or 8)
+        bits = int(getattr(source, "BitsStored", 8) or 8) if not isinstance(source, (str, os.PathLike)) else 16
         pixels = (pixels.astype(np.uint32) >> max(0, bits - 8)).astype(np.uint8)  # high bits, as for 16-bit frames
     return np.ascontiguousarray(pixels)
 
 
-def read_still(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[np.ndarray, DicomSummary]:
-    """A single-frame DICOM colour image as HxWx3 uint8 RGB, with its safe summary.
+@dataclass(frozen=True)
+class DicomStill:
+    """A decoded DICOM still: HxWx3 uint8 RGB pixels, its safe summary, and its ICC profile (bytes, or None)."""
+
+    rgb: np.ndarray
+    summary: DicomSummary
+    icc_profile: bytes | None
+
+
+def read_still(source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int | None = None) -> DicomStill:
+    """A single-frame DICOM colour image, its size checked against `max_pixels` (rows x columns) before any pixel
+    is decoded, and a Deflated data set inflated under a bound set by it.
 
     Raises:
-        ImageLoadError: not a single-frame colour image (each case named, see `check_image`); a multi-frame
-            object is refused with a pointer to the video path.
+        ImageLoadError: not a single-frame colour image (each case named, see `check_image`), over the pixel
+            limit; a multi-frame object is refused with a pointer to the video path.
     """
     name = name or (f"'{Path(source).name}'" if isinstance(source, (str, os.PathLike)) else "the DICOM input")
-    dataset = read_dataset(source, name)
+    max_bytes = max_pixels * 3 * 2 + HEADER_ALLOWANCE if max_pixels else DEFAULT_MAX_BYTES
+    dataset = read_dataset(source, name, max_bytes=max_bytes)
     summary = check_image(dataset, name)
     if summary.frames > 1:
         raise ImageLoadError(
             f"{name} ({summary.sop_class}) holds {summary.frames} frames: read it as a video "
             "(predict.py --video, segment_video)"
         )
-    return decode_frames(dataset, name, index=0 if "NumberOfFrames" in dataset else None), summary
+    if max_pixels is not None and summary.rows * summary.columns > max_pixels:
+        raise ImageLoadError(
+            f"{name} is {summary.columns}x{summary.rows} pixels, over the limit of {max_pixels:,} pixels"
+        )
+    rgb = decode_frames(dataset, name, index=0 if "NumberOfFrames" in dataset else None)
+    profile = dataset.get("ICCProfile")
+    return DicomStill(rgb, summary, bytes(profile) if profile else None)

@@ -100,9 +100,12 @@ def load_image(
             f"{name} has a DICOM name but is not a DICOM file (no DICM mark, no DICOM data set at its start)"
         )
     if dicom:  # a hospital's still: VL Endoscopic, Secondary Capture, ...
-        rgb, _ = read_still(source, name)
-        _check_pixels(rgb.shape[0] * rgb.shape[1], max_pixels, name)
-        return rgb
+        still = read_still(source, name, max_pixels)
+        if still.icc_profile:  # converted to sRGB as a PNG's or JPEG's profile is
+            image = Image.fromarray(still.rgb)
+            image.info["icc_profile"] = still.icc_profile
+            return _pil_to_rgb(image)
+        return still.rgb
     data = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():

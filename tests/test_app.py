@@ -368,8 +368,8 @@ def test_video_api_tracks_a_clip_and_refuses_bad_ones_clearly(client, served, sm
     from neopolyp_hf.classes import display_name
     from neopolyp_hf.serving.space import MIN_TRACK_FRAMES, TRACK_TABLE_HEADERS
     from neopolyp_hf.training.clips import clip_frames, write_clip
-    from neopolyp_hf.video.io import probe_video, read_frames
     from neopolyp_hf.video.pipeline import write_video_outputs
+    from neopolyp_hf.video.sources import probe_video, read_frames
 
     clip, timeline, tracks = client.predict(handle_file(str(small_clip)), api_name="/predict_video")
     path = clip["video"] if isinstance(clip, dict) else clip

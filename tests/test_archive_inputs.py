@@ -175,7 +175,7 @@ def test_a_bare_dicom_data_set_is_read_by_content_whatever_its_name(tmp_path, im
 def test_text_named_dcm_is_named_as_not_dicom(tmp_path):
     from neopolyp_hf.errors import ImageLoadError, VideoLoadError
     from neopolyp_hf.preprocessing import load_image
-    from neopolyp_hf.video.io import probe_video
+    from neopolyp_hf.video.sources import probe_video
 
     text = touch(tmp_path / "report.dcm", b"Patient report: nothing to see here\n" * 10)
     with pytest.raises(VideoLoadError, match="'report.dcm' has a DICOM name but is not a DICOM file"):

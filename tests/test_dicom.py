@@ -166,7 +166,7 @@ def test_dicom_video_gives_the_timeline_of_the_same_clip(variant, clip_frames_rg
 
 
 def test_a_multi_frame_uncompressed_object_is_read_frame_by_frame(clip_frames_rgb, tmp_path):
-    from neopolyp_hf.video.io import probe_video, read_frames
+    from neopolyp_hf.video.sources import probe_video, read_frames
 
     pixels = np.stack(clip_frames_rgb[:5]).tobytes()
     path = dicom_object(
@@ -268,7 +268,7 @@ def test_a_multi_frame_jpeg_object_is_read_frame_by_frame(clip_frames_rgb, tmp_p
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
-    from neopolyp_hf.video.io import read_frames
+    from neopolyp_hf.video.sources import read_frames
 
     jpegs, decoded = [], []
     for rgb in clip_frames_rgb[:4]:
@@ -361,3 +361,119 @@ def test_every_seg_validates_and_copies_no_equipment_nor_bad_value(model_dir, tm
     assert len(algorithm.AlgorithmVersion) == 64  # the weights' SHA-256 for a local model, whole
     out, err = capfd.readouterr()
     assert "1958-02-14" not in out + err and str(model_dir) not in err
+
+
+def test_a_dicom_video_without_frame_time_is_timed_by_its_own_stream(clip_frames_rgb, tmp_path):
+    """No Frame Time, Frame Time Vector or Cine Rate, and an H.264 stream that says 10 frames/s: frame 11 is at
+    1.1 s, not at FFmpeg's default 25 frames/s (0.44 s)."""
+    from neopolyp_hf.video.sources import open_video
+
+    stream = raw_h264(clip_frames_rgb, tmp_path / "clip.h264")
+    video = dicom_video(tmp_path / "procedure.dcm", stream, 64, 96, len(clip_frames_rgb), H264_MP4)
+    with open_video(video) as source:
+        assert source.info.timing == "stream" and source.info.fps == pytest.approx(10.0)
+        times = [frame.time for frame in source.frames()]
+    assert times[11] == pytest.approx(1.1)
+
+
+def test_nothing_times_the_frames_then_their_times_are_unknown_never_assumed(clip_frames_rgb, model_dir, tmp_path):
+    from neopolyp_hf.video.sources import open_video
+
+    pixels = np.stack(clip_frames_rgb[:5]).tobytes()
+    common = ("1.2.840.10008.5.1.4.1.1.7.4", "1.2.840.10008.1.2.1", 64, 96)
+    path = dicom_object(tmp_path / "frames.dcm", *common, PixelData=pixels, NumberOfFrames=5)
+    with open_video(path) as source:
+        assert source.info.timing == "unknown" and source.info.fps is None and source.info.duration_s is None
+        assert [frame.time for frame in source.frames()] == [None] * 5
+    rows = timeline(model_dir, path, tmp_path / "timeline.csv")
+    assert [row["time_s"] for row in rows] == [""] * 5  # said to be unknown in the timeline
+    # A Frame Time Vector of zeros says nothing either: no ZeroDivisionError, no made-up rate.
+    zeros = dicom_object(tmp_path / "zeros.dcm", *common, PixelData=pixels, NumberOfFrames=5, FrameTimeVector=[0] * 5)
+    with open_video(zeros) as source:
+        assert source.info.timing == "unknown"
+
+
+def test_a_dicom_video_faster_than_25_fps_is_limited_by_its_own_times(tmp_path):
+    """60 frames at 50 frames/s last 1.2 s: taken against a 2 s limit (FFmpeg's 25 frames/s would say 2.4 s);
+    a message about the stream names the user's file, never the temporary stream file."""
+    from neopolyp_hf.video.sources import open_video
+
+    frames = [np.full((64, 96, 3), (index * 4) % 255, np.uint8) for index in range(60)]
+    stream = raw_h264(frames, tmp_path / "clip.h264")
+    video = dicom_video(tmp_path / "fast.dcm", stream, 64, 96, 60, H264_MP4, FrameTime=20.0)
+    with open_video(video, max_seconds=2.0) as source:
+        assert source.info.duration_s == pytest.approx(1.2) and source.info.timing == "dicom"
+        times = [frame.time for frame in source.frames()]
+    assert len(times) == 60 and times[-1] == pytest.approx(1.18)
+    with pytest.raises(VideoLoadError, match="'fast.dcm' lasts 1.2 s, over the limit of 1 s"):
+        open_video(video, max_seconds=1.0)
+    broken = dicom_video(tmp_path / "broken.dcm", b"\x00\x00\x00\x01" + b"\xff" * 400, 64, 96, 60, H264_MP4)
+    with pytest.raises(VideoLoadError) as refused, open_video(broken) as source:
+        list(source.frames())
+    assert "'broken.dcm'" in str(refused.value) and "stream.h264" not in str(refused.value)
+
+
+def test_a_deflated_dicom_that_inflates_past_its_pixel_limit_is_refused_while_inflating(tmp_path):
+    import tracemalloc
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    rows = columns = 3000  # 27 MB of zeros: deflated to a few tens of kB
+    path = dicom_object(
+        tmp_path / "bomb.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, rows, columns,
+        PixelData=bytes(rows * columns * 3),
+    )  # fmt: skip
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        with pytest.raises(ImageLoadError, match="bomb.dcm' inflates to more than 16 MB"):
+            load_image(path, max_pixels=100 * 100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20  # bounded by the limit, not by what the file inflates to
+    small = dicom_object(
+        tmp_path / "small.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, 48, 64,
+        PixelData=marked_frame(64, 48).tobytes(),
+    )  # fmt: skip
+    np.testing.assert_array_equal(load_image(small), marked_frame(64, 48))  # a deflated still still reads
+    with pytest.raises(ImageLoadError, match="is 3000x3000 pixels, over the limit of 4,000,000 pixels"):
+        load_image(path, max_pixels=4_000_000)  # under the inflation bound: refused by size before decoding
+
+
+def test_a_dicom_video_is_copied_out_a_fragment_at_a_time(tmp_path):
+    """Memory while opening a DICOM video stays far under its file's size (the stream is not read whole)."""
+    import tracemalloc
+
+    from pydicom.encaps import encapsulate
+
+    from neopolyp_hf.video.dicom import _copy_stream
+
+    fragments = [bytes([index % 251]) * (1 << 20) for index in range(24)]  # 24 MB in 1 MB fragments
+    path = dicom_object(
+        tmp_path / "long.dcm", "1.2.840.10008.5.1.4.1.1.77.1.1.1", H264_MP4, 64, 96,
+        PixelData=encapsulate(fragments), NumberOfFrames=10, PhotometricInterpretation="YBR_PARTIAL_420",
+    )  # fmt: skip
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        _copy_stream(path, "'long.dcm'", tmp_path / "stream.h264")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "stream.h264").read_bytes() == b"".join(fragments)
+    assert peak < 6 << 20  # about one fragment, not 24 MB
+
+
+def test_a_dicom_stills_icc_profile_is_converted_as_a_pngs_is(tmp_path):
+    from helpers import DISPLAY_P3, icc_profile
+
+    rgb = marked_frame(96, 64)
+    rgb[..., 1] = np.linspace(0, 255, 96, dtype=np.uint8)[None]
+    profile = icc_profile(*DISPLAY_P3, gamma=2.2, name="display-p3")
+    Image.fromarray(rgb).save(tmp_path / "frame.png", icc_profile=profile)
+    path = dicom_still(tmp_path / "frame.dcm", rgb, ICCProfile=profile)
+    converted = load_image(path)
+    np.testing.assert_array_equal(converted, load_image(tmp_path / "frame.png"))
+    assert np.abs(converted.astype(int) - rgb).max() > 5  # the profile moved the colours

@@ -133,8 +133,8 @@ def test_a_variable_frame_rate_recording_keeps_its_frame_times(random_model, tmp
     """A browser MediaRecorder WebM: VP8 frames at irregular times. The overlay plays in the upload's time."""
     import av
 
-    from neopolyp_hf.video.io import read_frames
     from neopolyp_hf.video.pipeline import write_video_outputs
+    from neopolyp_hf.video.sources import read_frames
 
     rng = np.random.default_rng(2)
     times = np.cumsum(np.r_[0.0, rng.uniform(0.03, 0.4, size=24)])  # 25 frames over several seconds
@@ -221,7 +221,7 @@ def test_an_hdr_clip_is_tone_mapped_to_sdr(transfer, random_model, tmp_path):
     """An iPhone-style HDR clip (HEVC Main 10, BT.2020, HLG) and an HDR10 one (PQ). Flat patches of known signal."""
     import av
 
-    from neopolyp_hf.video.io import probe_video, read_frames
+    from neopolyp_hf.video.sources import probe_video, read_frames
 
     patches = np.array([[0.75, 0.75, 0.75], [0.5, 0.5, 0.5], [0.6, 0.3, 0.3], [0.3, 0.6, 0.3]])
     signal = np.zeros((64, 128, 3))

@@ -18,8 +18,9 @@ from neopolyp_hf.errors import VideoLoadError
 from neopolyp_hf.lesions import Lesion, find_lesions
 from neopolyp_hf.masks import decode_mask
 from neopolyp_hf.training.clips import clip_frames, write_clip
-from neopolyp_hf.video.io import VideoWriter, probe_video, read_frames
+from neopolyp_hf.video.io import VideoWriter
 from neopolyp_hf.video.pipeline import TIMELINE_HEADERS, TRACK_HEADERS, segment_video, write_video_outputs
+from neopolyp_hf.video.sources import probe_video, read_frames
 from neopolyp_hf.video.tracking import LesionTracker, is_scene_cut, scene_thumbnail
 
 

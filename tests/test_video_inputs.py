@@ -17,8 +17,9 @@ from neopolyp_hf.errors import VideoLoadError
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
-from neopolyp_hf.video.io import VideoWriter, probe_video, read_frames  # noqa: E402
+from neopolyp_hf.video.io import VideoWriter  # noqa: E402
 from neopolyp_hf.video.pipeline import clip_legend, write_video_outputs  # noqa: E402
+from neopolyp_hf.video.sources import probe_video, read_frames  # noqa: E402
 
 
 @pytest.mark.parametrize(("rotation", "seen_at"), [(-90, "top-right"), (90, "bottom-left"), (180, "bottom-right")])

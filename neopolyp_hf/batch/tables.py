@@ -74,8 +74,9 @@ PROCEDURES_SCHEMA = pa.schema(
         ("path", pa.string()),  # null unless --id-from path
         ("kind", pa.string()),  # video or stills ("" where it could not be read)
         ("status", pa.string()),  # ok, or error (its reason in `errors`)
-        ("duration_s", pa.float64()),  # first to last frame, plus one frame's time
+        ("duration_s", pa.float64()),  # first to last frame, plus one frame's time (null: timing unknown)
         ("frames", pa.int64()),
+        ("timing", pa.string()),  # where frame times come from: container, dicom, stream, rate or unknown
         ("polyps_neoplastic", pa.int64()),  # tracks seen in at least --min-polyp-frames frames, by class called
         ("polyps_non_neoplastic", pa.int64()),
         ("polyps_uncertain", pa.int64()),  # of those, how many are flagged uncertain

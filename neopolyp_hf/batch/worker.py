@@ -23,8 +23,9 @@ from ..errors import NeoPolypError
 from ..preprocessing import DEFAULT_MAX_PIXELS, load_image
 from ..rle import rle_encode
 from ..version import installed_version
-from ..video.io import DEFAULT_PRESET, Frame, VideoWriter, probe_video, read_frames
+from ..video.io import DEFAULT_PRESET, Frame, VideoSource, VideoWriter
 from ..video.pipeline import clip_legend, overlay_frame, segment_video
+from ..video.sources import CameraFrames, StillFrames, open_video
 from ..video.tracking import LesionTracker
 from . import tables
 from .inputs import Procedure, expand, resolve
@@ -168,6 +169,7 @@ class ProcedureWorker:
             "status": status,
             "duration_s": summary.get("duration_s", 0.0),
             "frames": summary.get("frames", 0),
+            "timing": summary.get("timing"),
             "polyps_neoplastic": summary.get("polyps_neoplastic", 0),
             "polyps_non_neoplastic": summary.get("polyps_non_neoplastic", 0),
             "polyps_uncertain": summary.get("polyps_uncertain", 0),
@@ -183,57 +185,57 @@ class ProcedureWorker:
             "series_instance_uid": procedure.series_uid or None,
         }
 
-    def _frames(self, procedure: Procedure, stack: contextlib.ExitStack, errors: list[dict], paths: list[str]):
-        """The frames to segment (a video's path; the timed frames of several videos in turn; or an iterator
-        of stills) and their rate."""
+    def _source(self, procedure: Procedure, stack: contextlib.ExitStack, errors: list[dict]) -> VideoSource:
+        """The procedure's frames as one source, opened once: a video; several videos of one procedure in turn,
+        on one timeline; or its stills at --stills-fps."""
         settings = self.settings
         if procedure.kind == "video" and len(procedure.paths) == 1:
             local = stack.enter_context(local_file(procedure.paths[0]))
-            info = probe_video(local, settings.max_pixels, settings.max_seconds)
-            paths.append(procedure.paths[0])
-            return local, info.fps
+            return stack.enter_context(open_video(local, settings.max_pixels, settings.max_seconds))
         if procedure.kind == "video":  # one procedure recorded as several files: one timeline, in order
-            locals_ = [stack.enter_context(local_file(uri)) for uri in procedure.paths]
-            infos = [probe_video(local, settings.max_pixels, None) for local in locals_]
-            total = sum(info.duration_s or 0.0 for info in infos)
+            sources = [
+                stack.enter_context(open_video(stack.enter_context(local_file(uri)), settings.max_pixels, None))
+                for uri in procedure.paths
+            ]
+            if any(source.info.timing == "unknown" for source in sources):
+                raise NeoPolypError(
+                    f"procedure '{procedure.procedure_id}' joins {len(sources)} files, and one has no frame times: "
+                    "they cannot be put on one timeline"
+                )
+            total = sum(source.info.duration_s or 0.0 for source in sources)
             if settings.max_seconds is not None and total > settings.max_seconds:
                 raise NeoPolypError(
-                    f"procedure '{procedure.procedure_id}' lasts {total:.1f} s in {len(infos)} files, over the "
+                    f"procedure '{procedure.procedure_id}' lasts {total:.1f} s in {len(sources)} files, over the "
                     f"limit of {settings.max_seconds:g} s"
                 )
 
             def joined() -> Iterator[Frame]:
                 index, offset = 0, 0.0
-                for uri, local, info in zip(procedure.paths, locals_, infos, strict=True):
+                for source in sources:
                     last = 0.0
-                    for frame in read_frames(local, settings.max_pixels, None):
-                        paths.append(uri)
+                    for frame in source.frames():
                         last = frame.time
                         yield Frame(index, offset + frame.time, frame.rgb)
                         index += 1
-                    offset += last + 1.0 / info.fps
+                    offset += last + 1.0 / source.info.fps
 
-            return joined(), infos[0].fps
+            return CameraFrames(joined(), sources[0].info.fps, name=procedure.procedure_id)
 
-        def stills() -> Iterator[np.ndarray]:
-            for uri in procedure.paths:
-                try:
-                    with local_file(uri) as local:
-                        rgb = load_image(local, max_pixels=settings.max_pixels)
-                except (NeoPolypError, OSError) as error:  # one bad still: named, the rest go on
-                    errors.append(
-                        {
-                            "procedure_id": procedure.procedure_id,
-                            "path": self._path(uri),
-                            "error_type": type(error).__name__,
-                            "reason": str(error),
-                        }
-                    )
-                    continue
-                paths.append(uri)
-                yield rgb
+        def load(uri: str) -> np.ndarray:
+            with local_file(uri) as local:
+                return load_image(local, max_pixels=settings.max_pixels)
 
-        return stills(), settings.stills_fps
+        def skip(uri: str, error: Exception) -> None:
+            errors.append(
+                {
+                    "procedure_id": procedure.procedure_id,
+                    "path": self._path(uri),
+                    "error_type": type(error).__name__,
+                    "reason": str(error),
+                }
+            )
+
+        return StillFrames(list(procedure.paths), settings.stills_fps, load, skip, name=procedure.procedure_id)
 
     def _segment(self, procedure: Procedure, overlay: Path | None, errors: list[dict]):
         settings, config = self.settings, self.config
@@ -242,12 +244,13 @@ class ProcedureWorker:
         # stills by a tracker, and never held to the video minimum of frames.
         stills = procedure.kind == "stills"
         tracker = None if stills else LesionTracker(names, config["uncertain_range"])
-        frames, times, paths, findings = [], [], [], []
+        frames, times, findings = [], [], []
         writer, legend = None, None
         with contextlib.ExitStack() as stack:
-            source, fps = self._frames(procedure, stack, errors, paths)
+            source = self._source(procedure, stack, errors)
+            fps, timing = source.info.fps, source.info.timing
             if overlay is not None:
-                writer = VideoWriter(overlay, fps, preset=DEFAULT_PRESET)
+                writer = VideoWriter(overlay, fps or 25.0, preset=DEFAULT_PRESET)
                 stack.callback(writer.abort)  # a no-op once closed; drops a half-made clip on any failure
             results = segment_video(
                 self.model,
@@ -265,9 +268,13 @@ class ProcedureWorker:
                     findings += [(result.index, lesion) for lesion in result.lesions]
                 else:
                     ids = result.track_ids
+                if isinstance(source, StillFrames):
+                    where = source.read[result.index]
+                else:
+                    where = procedure.paths[0] if len(procedure.paths) == 1 else ""
                 row = {
                     "procedure_id": procedure.procedure_id,
-                    "path": self._path(paths[min(result.index, len(paths) - 1)]),
+                    "path": self._path(where) if where else None,
                     "frame_index": result.index,
                     "time_s": result.time,
                     "neoplastic_percent": result.percentages.get("neoplastic", 0.0),
@@ -288,7 +295,6 @@ class ProcedureWorker:
                 raise NeoPolypError(f"procedure '{procedure.procedure_id}' has no readable frame")
             if writer is not None:
                 writer.close()
-        step = 1.0 / fps
         low, high = config["uncertain_range"]
         if stills:
             seen = [
@@ -300,8 +306,10 @@ class ProcedureWorker:
                 (t.id, t.class_index, t.neoplastic_probability, t.first_frame, t.last_frame, t.frames_seen, area)
                 for t, area in ((t, t.largest_area) for t in sorted(tracker.tracks, key=lambda t: t.id))
             ]
-        # A frame lasts until the next one; the last one, one frame's time at the clip's rate.
-        durations = np.diff(np.append(times, times[-1] + step))
+        known = timing != "unknown"  # else every time is None: nothing in the source times its frames
+        if known:
+            # A frame lasts until the next one; the last one, one frame's time at the clip's rate.
+            durations = np.diff(np.append(times, times[-1] + 1.0 / fps))
         tracks = [
             {
                 "procedure_id": procedure.procedure_id,
@@ -313,7 +321,7 @@ class ProcedureWorker:
                 "last_frame": last,
                 "first_time_s": times[first],
                 "last_time_s": times[last],
-                "time_in_view_s": float(times[last] + durations[last] - times[first]),
+                "time_in_view_s": float(times[last] + durations[last] - times[first]) if known else None,
                 "frames_seen": count,
                 "largest_area_px": area,
             }
@@ -323,12 +331,13 @@ class ProcedureWorker:
         polyps = [t for t in tracks if t["frames_seen"] >= minimum]
         in_view = np.array([row["lesions"] > 0 for row in frames])
         summary = {
-            "duration_s": float(durations.sum() + times[0]),
+            "duration_s": float(durations.sum() + times[0]) if known else None,
             "frames": len(frames),
+            "timing": timing,
             "polyps_neoplastic": sum(t["class"] == names[POLYP_CLASSES[0]] for t in polyps),
             "polyps_non_neoplastic": sum(t["class"] == names[POLYP_CLASSES[1]] for t in polyps),
             "polyps_uncertain": sum(t["uncertain"] for t in polyps),
-            "polyp_time_s": float(durations[in_view].sum()),
+            "polyp_time_s": float(durations[in_view].sum()) if known else None,
         }
         return frames, tracks, summary
 

@@ -24,9 +24,9 @@ from ..masks import save_mask_png
 from ..onnx.loading import ModelInfo
 from ..synthetic import synthetic_pair
 from ..version import installed_version
-from ..video.io import probe_video
 from ..video.live import LiveSegmenter
 from ..video.pipeline import write_video_outputs
+from ..video.sources import open_video
 from .settings import SpaceSettings
 from .space import (
     MIN_TRACK_FRAMES,
@@ -223,13 +223,13 @@ class SpaceHandlers:
             upload = (upload.get("video") or upload).get("path")
         if not upload:
             raise UploadProblem("Upload a video first.")
-        path, settings, runs = str(upload), self.settings, []
+        path, settings, runs, opened = str(upload), self.settings, [], []
 
         def write(out: Path) -> Path:
             runs.append(
                 write_video_outputs(
                     self.model,
-                    path,
+                    opened[0],
                     output_video=out,
                     max_pixels=settings.max_pixels,
                     max_seconds=settings.max_video_seconds,
@@ -239,8 +239,11 @@ class SpaceHandlers:
             return runs[-1].files["video"]
 
         try:
-            info = probe_video(path, settings.max_pixels, settings.max_video_seconds)
-            clip = self.outputs.save("neopolyp_video", ".mp4", write)
+            # Opened once: its size, length and timing checked before any frame, a DICOM's stream copied out once.
+            with open_video(path, settings.max_pixels, settings.max_video_seconds) as source:
+                opened.append(source)
+                info = source.info
+                clip = self.outputs.save("neopolyp_video", ".mp4", write)
         except (NeoPolypError, ValueError) as error:
             raise UploadProblem(f"Cannot segment this video: {str(error).replace(path, Path(path).name)}") from error
         run = runs[-1]
@@ -248,6 +251,8 @@ class SpaceHandlers:
             timeline_plot_rows(run.timeline), columns=["time (s)", "polyp pixels (% of frame)", "class"]
         )
         hdr = f"HDR ({info.hdr}) clip: tone-mapped to SDR for the model and the overlay. " if info.hdr else ""
+        if info.timing == "unknown":
+            hdr += "Frame times unknown (nothing in the file times its frames): the plot counts frames. "
         rows, fragments = track_table(run.tracks, run.timeline)
         left_out = (
             f"{fragments} fragment track(s) seen in fewer than {MIN_TRACK_FRAMES} frames are not listed "

@@ -252,7 +252,8 @@ def track_table(tracks: list[list], timeline: list[list], min_frames: int = MIN_
     """The page's track table from tracks.csv rows (`neopolyp_hf.video.pipeline.track_rows`, already
     longest-seen first) and the timeline's rows: display names, times in seconds instead of frames, numbers
     to 3 decimals; tracks seen in fewer than `min_frames` frames left out. Returns (rows, fragments left out)."""
-    seconds = {int(row[0]): float(row[1]) for row in timeline}
+    # A source whose timing is unknown has no times: its tracks show none ("unknown" in the note).
+    seconds = {int(row[0]): float(row[1]) if row[1] != "" else None for row in timeline}
     kept = [row for row in tracks if int(row[6]) >= min_frames]
     rows = [
         [
@@ -260,8 +261,8 @@ def track_table(tracks: list[list], timeline: list[list], min_frames: int = MIN_
             display_name(name),
             round(float(p), 3),
             uncertain,
-            round(seconds[first], 3),
-            round(seconds[last], 3),
+            None if seconds[first] is None else round(seconds[first], 3),
+            None if seconds[last] is None else round(seconds[last], 3),
             seen,
             area,
         ]
@@ -271,9 +272,14 @@ def track_table(tracks: list[list], timeline: list[list], min_frames: int = MIN_
 
 
 def timeline_plot_rows(timeline: list[list]) -> list[tuple[float, float, str]]:
-    """(time in s, % of the frame, class display name) per frame and polyp class, for the page's plot."""
-    return [(float(row[1]), float(row[2]), display_name(CLASS_NAMES[1])) for row in timeline] + [
-        (float(row[1]), float(row[3]), display_name(CLASS_NAMES[2])) for row in timeline
+    """(time in s, % of the frame, class display name) per frame and polyp class, for the page's plot; where the
+    source's timing is unknown, the frame number stands in for the time (the page's note says so)."""
+
+    def at(row: list) -> float:
+        return float(row[1]) if row[1] != "" else float(row[0])
+
+    return [(at(row), float(row[2]), display_name(CLASS_NAMES[1])) for row in timeline] + [
+        (at(row), float(row[3]), display_name(CLASS_NAMES[2])) for row in timeline
     ]
 
 

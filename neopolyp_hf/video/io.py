@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from ..atomic import prepare_output
-from ..dicom import is_dicom
 from ..errors import VideoLoadError
 from ..preprocessing import DEFAULT_MAX_PIXELS
 from .hdr import HDR_TRANSFERS, hdr_frame_to_rgb, hdr_transfer
@@ -39,6 +38,8 @@ def _av():
     return av
 
 
+# The fastest frame rate endoscopy records: the bound on a clip's length where nothing times its frames.
+MAX_FPS = 60
 # The smallest frame side taken (px): below it a frame holds no polyp worth segmenting, and the
 # H.264 writer (even sizes, yuv420p) has nothing to encode.
 MIN_FRAME_SIDE = 16
@@ -54,18 +55,20 @@ class VideoInfo:
 
     width: int
     height: int
-    fps: float
+    fps: float | None  # frames per second; None where nothing says
     duration_s: float | None  # None where the container does not say
     codec: str
     hdr: str | None = None  # "HLG" or "PQ": its frames are tone-mapped to SDR (`neopolyp_hf.video.hdr`)
+    timing: str = "container"  # where frame times come from (`VideoSource`); "unknown": fps and times are None
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: its index, its time in seconds and its pixels (HxWx3 uint8 RGB)."""
+    """One decoded frame: its index, its time in seconds from the first frame (None where the source's timing is
+    unknown) and its pixels (HxWx3 uint8 RGB)."""
 
     index: int
-    time: float
+    time: float | None
     rgb: np.ndarray
 
 
@@ -88,9 +91,8 @@ def _video_stream(container, name: str):
     return streams[0]
 
 
-def _open(path: str | os.PathLike):
+def _open(path: str | os.PathLike, name: str):
     av = _av()
-    name = Path(path).name
     if not Path(path).is_file():
         raise VideoLoadError(f"video '{name}' does not exist")
     try:
@@ -123,91 +125,143 @@ def upright(rgb: np.ndarray, rotation: float, aspect=None) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def probe_video(
-    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = DEFAULT_MAX_SECONDS
-) -> VideoInfo:
-    """The video's size, rate and length, checked against the limits before any frame is decoded. A DICOM
-    object (a file with the DICOM mark, whatever its name) is read by `neopolyp_hf.video.dicom`."""
-    if is_dicom(path):
-        from .dicom import probe_dicom_video
+class VideoSource:
+    """One source of frames behind one interface: what it is (`name`, as the user gave it), how large, how long
+    and how it is timed (`info`), and its frames in order (`frames()`, once). Every reader of video (the pipeline,
+    the CLIs, the Space, archive mode) asks `neopolyp_hf.video.sources.open_video` for one, once per request.
 
-        return probe_dicom_video(path, max_pixels, max_seconds)
-    name = Path(path).name
-    if Path(path).suffix.lower() == ".dcm":
-        raise VideoLoadError(f"'{name}' has a DICOM name but is not a DICOM file (no DICM mark, no DICOM data set)")
-    container, stream = _open(path)
-    try:
-        width, height = stream.codec_context.width, stream.codec_context.height
-        width = _widen(width, stream.sample_aspect_ratio) if width else width
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 25.0
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        codec = stream.codec_context.name
-        hdr = HDR_TRANSFERS.get(int(getattr(stream.codec_context, "color_trc", 0) or 0))
-    finally:
-        container.close()
-    if not width or not height:
+    `info.timing` says where frame times come from: "container" (the file's own time stamps), "dicom" (the DICOM
+    object's Frame Time, Frame Time Vector or Cine Rate), "stream" (a bare stream's own rate), "rate" (a rate
+    given by the caller: stills, a camera) or "unknown" (nothing says: frame times are None, never assumed)."""
+
+    name: str
+    info: VideoInfo
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the source holds (a temporary stream file); a no-op by default."""
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_limits(name: str, info: VideoInfo, max_pixels: int, max_seconds: float | None, frames: int | None = None):
+    """Refuse, naming the file, a video whose frames are too small or too large, or that lasts too long (by its
+    own duration; where its timing is unknown, by its frame count at `MAX_FPS`, the fastest endoscopy records).
+
+    Raises:
+        VideoLoadError: naming `name` and the limit.
+    """
+    if not info.width or not info.height:
         raise VideoLoadError(f"'{name}' has a video stream without a frame size (corrupt or truncated)")
-    if min(width, height) < MIN_FRAME_SIDE:
-        raise VideoLoadError(f"'{name}' has {width}x{height} frames: a side under the minimum of {MIN_FRAME_SIDE} px")
-    if width * height > max_pixels:
-        raise VideoLoadError(f"'{name}' has {width}x{height} frames, over the limit of {max_pixels:,} pixels")
-    if max_seconds is not None and duration is not None and duration > max_seconds:
-        raise VideoLoadError(f"'{name}' lasts {duration:.1f} s, over the limit of {max_seconds:g} s")
-    return VideoInfo(width, height, fps, duration, codec, hdr)
-
-
-def read_frames(
-    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = DEFAULT_MAX_SECONDS
-) -> Iterator[Frame]:
-    """Decode the video stream frame by frame (audio and cover pictures are ignored), each frame upright
-    (`upright`: rotation metadata and non-square pixels applied) and timed from the clip's first frame;
-    errors name the file and frame."""
-    if is_dicom(path):
-        from .dicom import read_dicom_frames
-
-        yield from read_dicom_frames(path, max_pixels, max_seconds)
+    if min(info.width, info.height) < MIN_FRAME_SIDE:
+        raise VideoLoadError(
+            f"'{name}' has {info.width}x{info.height} frames: a side under the minimum of {MIN_FRAME_SIDE} px"
+        )
+    if info.width * info.height > max_pixels:
+        raise VideoLoadError(f"'{name}' has {info.width}x{info.height} frames, over the limit of {max_pixels:,} pixels")
+    if max_seconds is None:
         return
-    av = _av()
-    name = Path(path).name
-    info = probe_video(path, max_pixels, max_seconds)
-    container, stream = _open(path)
-    count = 0
-    start = None  # recorders and cut segments stamp their first frame at 100 s as readily as at 0
-    try:
-        stream.thread_type = "AUTO"  # FFmpeg decodes in its own threads, outside the GIL
+    if info.duration_s is not None and info.duration_s > max_seconds:
+        raise VideoLoadError(f"'{name}' lasts {info.duration_s:.1f} s, over the limit of {max_seconds:g} s")
+    if info.timing == "unknown" and frames is not None and frames > max_seconds * MAX_FPS:
+        raise VideoLoadError(
+            f"'{name}' has {frames} frames and no frame times: over the limit of {max_seconds:g} s at "
+            f"{MAX_FPS} frames/s"
+        )
+
+
+class ContainerVideo(VideoSource):
+    """A video file read by PyAV (FFmpeg): MP4, MOV, MKV, WebM, AVI, MPEG-TS, a bare H.264/HEVC/MPEG-2 stream.
+    Frames come upright (rotation metadata and non-square pixels applied), HDR tone-mapped to SDR, and timed
+    from the first frame by the container's stamps. A bare elementary stream has no stamps: its own rate (an
+    H.264 SPS's timing) times it where it gives one, else its timing is unknown.
+
+    Raises (on opening):
+        VideoLoadError: not a readable video, no video stream, a still image, or over a limit; naming the file
+            as `name` (the user's, where the file is a temporary copy).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_seconds: float | None = DEFAULT_MAX_SECONDS,
+        name: str | None = None,
+        bare: bool = False,
+    ) -> None:
+        self.path, self.name = path, name or Path(path).name
+        self.max_pixels, self.max_seconds = max_pixels, max_seconds
+        container, stream = _open(path, self.name)
         try:
-            for frame in container.decode(stream):
-                stamp = float(frame.time) if frame.time is not None else None
-                if start is None and stamp is not None:
-                    start = stamp
-                time = stamp - start if stamp is not None else count / info.fps
-                if max_seconds is not None and time > max_seconds:
-                    raise VideoLoadError(f"'{name}' runs past the limit of {max_seconds:g} s")
-                if frame.width * frame.height > max_pixels:
-                    raise VideoLoadError(
-                        f"'{name}' has a {frame.width}x{frame.height} frame, over the limit of {max_pixels:,} pixels"
-                    )
-                if min(frame.width, frame.height) < MIN_FRAME_SIDE:
-                    raise VideoLoadError(
-                        f"'{name}' frame {count} is {frame.width}x{frame.height}: a side under the minimum of "
-                        f"{MIN_FRAME_SIDE} px"
-                    )
-                # HDR (HLG, PQ) frames are tone-mapped to SDR BT.709 first: the model and the overlay see SDR.
-                pixels = hdr_frame_to_rgb(frame) if hdr_transfer(frame) else frame.to_ndarray(format="rgb24")
-                rgb = upright(pixels, frame.rotation, stream.sample_aspect_ratio)
-                yield Frame(count, time, rgb)
-                count += 1
-        except av.FFmpegError as error:
-            raise VideoLoadError(f"'{name}' is corrupt or truncated (after {count} frames): {error}") from error
-    finally:
-        container.close()
-    if count == 0:
-        raise VideoLoadError(f"'{name}' has no decodable frames")
+            width, height = stream.codec_context.width, stream.codec_context.height
+            width = _widen(width, stream.sample_aspect_ratio) if width else width
+            own = stream.codec_context.framerate  # a bare stream's own rate (an H.264 SPS's timing), or 0
+            if bare:
+                fps = float(own) if own else None
+                timing = "stream" if fps else "unknown"
+            else:
+                rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+                fps, timing = (float(rate) if rate else 25.0), "container"
+            duration = None
+            if not bare and stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif not bare and container.duration is not None:
+                duration = container.duration / 1_000_000
+            codec = stream.codec_context.name
+            hdr = HDR_TRANSFERS.get(int(getattr(stream.codec_context, "color_trc", 0) or 0))
+        finally:
+            container.close()
+        self.info = VideoInfo(width, height, fps, duration, codec, hdr, timing)
+        check_limits(self.name, self.info, max_pixels, max_seconds)
+
+    def frames(self) -> Iterator[Frame]:
+        """Decode the video stream frame by frame (audio and cover pictures are ignored); errors name the file
+        and frame."""
+        av = _av()
+        name, max_pixels, max_seconds, info = self.name, self.max_pixels, self.max_seconds, self.info
+        container, stream = _open(self.path, name)
+        count = 0
+        start = None  # recorders and cut segments stamp their first frame at 100 s as readily as at 0
+        try:
+            stream.thread_type = "AUTO"  # FFmpeg decodes in its own threads, outside the GIL
+            try:
+                for frame in container.decode(stream):
+                    if info.timing == "container":
+                        stamp = float(frame.time) if frame.time is not None else None
+                        if start is None and stamp is not None:
+                            start = stamp
+                        time = stamp - start if stamp is not None else count / info.fps
+                    else:  # a bare stream: its own rate, or no time at all
+                        time = count / info.fps if info.fps else None
+                    if max_seconds is not None and time is not None and time > max_seconds:
+                        raise VideoLoadError(f"'{name}' runs past the limit of {max_seconds:g} s")
+                    if frame.width * frame.height > max_pixels:
+                        raise VideoLoadError(
+                            f"'{name}' has a {frame.width}x{frame.height} frame, over the limit of {max_pixels:,} "
+                            "pixels"
+                        )
+                    if min(frame.width, frame.height) < MIN_FRAME_SIDE:
+                        raise VideoLoadError(
+                            f"'{name}' frame {count} is {frame.width}x{frame.height}: a side under the minimum of "
+                            f"{MIN_FRAME_SIDE} px"
+                        )
+                    # HDR (HLG, PQ) frames are tone-mapped to SDR BT.709 first: the model and the overlay see SDR.
+                    pixels = hdr_frame_to_rgb(frame) if hdr_transfer(frame) else frame.to_ndarray(format="rgb24")
+                    rgb = upright(pixels, frame.rotation, stream.sample_aspect_ratio)
+                    yield Frame(count, time, rgb)
+                    count += 1
+            except av.FFmpegError as error:
+                raise VideoLoadError(f"'{name}' is corrupt or truncated (after {count} frames): {error}") from error
+        finally:
+            container.close()
+        if count == 0:
+            raise VideoLoadError(f"'{name}' has no decodable frames")
 
 
 def prefetch(frames: Iterator, size: int = 4) -> Iterator:

@@ -18,7 +18,8 @@ from ..inference import Segmenter
 from ..lesions import Lesion, outline_uncertain
 from ..masks import FrameLegend, class_percentages, overlay_mask, save_mask_png
 from ..preprocessing import DEFAULT_MAX_PIXELS
-from .io import DEFAULT_MAX_SECONDS, DEFAULT_PRESET, Frame, VideoWriter, prefetch, probe_video, read_frames
+from .io import DEFAULT_MAX_SECONDS, DEFAULT_PRESET, Frame, VideoSource, VideoWriter, prefetch
+from .sources import CameraFrames, open_video
 from .tracking import LesionTracker, Track
 
 TIMELINE_HEADERS = ["frame", "time_s", "neoplastic_percent", "non_neoplastic_percent", "track_ids"]
@@ -55,7 +56,7 @@ class VideoFrameResult:
 
 def segment_video(
     model: Segmenter,
-    source: str | os.PathLike | Iterable[np.ndarray],
+    source: str | os.PathLike | VideoSource | Iterable[np.ndarray],
     *,
     tracking: bool = True,
     tracker: LesionTracker | None = None,
@@ -65,20 +66,23 @@ def segment_video(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> Iterator[VideoFrameResult]:
-    """Yield one result per frame of a video file, or of an iterator of HxWx3 uint8 frames (a camera,
-    timed at `fps`) or of timed `Frame`s. With `tracking`, lesions carry track ids and every pixel of a lesion takes its
-    track's class (pass a `tracker` to read its tracks afterwards); `every` N runs the model on every
-    Nth frame only, the frames between reusing the last result."""
+    """Yield one result per frame of a video file, of an open `VideoSource` (`sources.open_video`: read once,
+    closed by its opener), or of an iterator of HxWx3 uint8 frames (a camera, timed at `fps`) or of timed
+    `Frame`s. With `tracking`, lesions carry track ids and every pixel of a lesion takes its track's class (pass
+    a `tracker` to read its tracks afterwards); `every` N runs the model on every Nth frame only, the frames
+    between reusing the last result."""
     if every < 1:
         raise ValueError(f"every must be 1 or more, got {every}")
     if isinstance(source, (str, os.PathLike)):
-        frames: Iterator[Frame] = prefetch(read_frames(source, max_pixels, max_seconds))
+        with open_video(source, max_pixels, max_seconds) as opened:
+            yield from segment_video(
+                model, opened, tracking=tracking, tracker=tracker, every=every, tta=tta, max_pixels=max_pixels
+            )
+        return
+    if isinstance(source, VideoSource):
+        frames: Iterator[Frame] = prefetch(source.frames())
     else:
-        # Frames already timed (several clips of one procedure, read in turn) keep their times.
-        frames = (
-            item if isinstance(item, Frame) else Frame(i, i / fps, np.asarray(item, np.uint8))
-            for i, item in enumerate(source)
-        )
+        frames = CameraFrames(source, fps).frames()
     config = model._inference_config
     if tracking and tracker is None:
         tracker = LesionTracker(config["class_names"], config["uncertain_range"])
@@ -108,7 +112,7 @@ def timeline_row(result: VideoFrameResult) -> list:
     """One timeline.csv row."""
     return [
         result.index,
-        f"{result.time:.3f}",
+        f"{result.time:.3f}" if result.time is not None else "",  # empty: the source's timing is unknown
         f"{result.percentages.get('neoplastic', 0.0):.4f}",
         f"{result.percentages.get('non_neoplastic', 0.0):.4f}",
         " ".join(map(str, result.track_ids)),
@@ -168,7 +172,7 @@ def overlay_frame(result: VideoFrameResult, config: dict, legend: FrameLegend, o
 
 def write_video_outputs(
     model: Segmenter,
-    video: str | os.PathLike,
+    video: str | os.PathLike | VideoSource,
     *,
     output_video: str | os.PathLike | None = None,
     timeline: str | os.PathLike | None = None,
@@ -185,12 +189,32 @@ def write_video_outputs(
 ) -> VideoOutputs:
     """Segment a clip and write what was asked for: the overlaid H.264 MP4, timeline.csv, tracks.csv and
     one lossless PNG per frame (DIR/frame_000000.png). Every file is written atomically: a failure
-    leaves no half-written output. `progress(done, total)` is called after each frame."""
-    info = probe_video(video, max_pixels, max_seconds)
+    leaves no half-written output. `progress(done, total)` is called after each frame. `video` is a path, or a
+    source already open (read once: its opener closes it)."""
+    if not isinstance(video, VideoSource):
+        with open_video(video, max_pixels, max_seconds) as source:
+            return write_video_outputs(
+                model,
+                source,
+                output_video=output_video,
+                timeline=timeline,
+                tracks=tracks,
+                masks_dir=masks_dir,
+                tracking=tracking,
+                every=every,
+                tta=tta,
+                opacity=opacity,
+                preset=preset,
+                max_pixels=max_pixels,
+                max_seconds=max_seconds,
+                progress=progress,
+            )
+    info = video.info
     config = model._inference_config
     tracker = LesionTracker(config["class_names"], config["uncertain_range"]) if tracking else None
-    total = int(round(info.duration_s * info.fps)) if info.duration_s else None
-    writer = VideoWriter(output_video, info.fps, preset=preset) if output_video else None
+    total = int(round(info.duration_s * info.fps)) if info.duration_s and info.fps else None
+    # Frames without times (unknown timing) are written at the conventional 25 frames/s: the clip must play.
+    writer = VideoWriter(output_video, info.fps or 25.0, preset=preset) if output_video else None
     made_masks_dir = bool(masks_dir) and not Path(masks_dir).exists()
     if masks_dir:
         Path(masks_dir).mkdir(parents=True, exist_ok=True)

@@ -153,9 +153,8 @@ def check_outputs(*paths: str | None) -> None:
 
 def predict_video(args: argparse.Namespace) -> dict:
     """Segment one video: the overlaid clip, timeline, track table and masks that were asked for."""
-    from neopolyp_hf.errors import VideoLoadError
-    from neopolyp_hf.video.io import probe_video
     from neopolyp_hf.video.pipeline import write_video_outputs
+    from neopolyp_hf.video.sources import open_video
 
     if args.dicom_seg:  # said before any work: the masks are there, as PNGs, for a viewer's own SEG tools
         raise SystemExit(
@@ -169,9 +168,17 @@ def predict_video(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --every must be at least 1")
     try:
         model, info = load_segmenter(args.model, args.revision, args.backend, args.precision)
-        probe_video(args.video, max_seconds=args.max_video_seconds)  # a refused clip leaves no folder behind
+        # Opened once, before any output: a refused clip leaves no folder behind, and a DICOM is read once.
+        source = open_video(args.video, max_seconds=args.max_video_seconds)
     except (NeoPolypError, ImportError) as error:
         raise SystemExit(f"error: {error}") from error
+    with source:
+        return _write_video(args, model, info, source, write_video_outputs)
+
+
+def _write_video(args, model, info, source, write_video_outputs) -> dict:
+    from neopolyp_hf.errors import VideoLoadError
+
     check_outputs(args.output_video, args.timeline, args.tracks)
     bar = progress_bar(desc=f"video ({info.backend}, {info.precision})", unit="frame", plain_every=100)
 
@@ -182,7 +189,7 @@ def predict_video(args: argparse.Namespace) -> dict:
     try:
         outputs = write_video_outputs(
             model,
-            args.video,
+            source,
             output_video=args.output_video,
             timeline=args.timeline,
             tracks=args.tracks,
