@@ -337,3 +337,20 @@ def test_a_file_system_that_turns_read_only_mid_write_gives_one_error_naming_the
     with pytest.raises(OSError, match=rf"read-only file system while writing '{target}'") as raised:
         write_atomic(target, read_only)
     assert raised.value.errno == errno.EROFS
+
+
+def test_progress_moves_with_the_frames_of_procedures_in_flight(tmp_path, monkeypatch, capsys):
+    import time
+
+    from neopolyp_hf.batch.cli import Progress
+
+    tables.write_progress(tmp_path, "k1", 120)
+    tables.write_progress(tmp_path, "k2", 30)
+    monkeypatch.setattr(Progress, "PLAIN_EVERY", 0.0)
+    progress = Progress(3, tmp_path)
+    assert progress.frames_so_far() == 150
+    time.sleep(1.5)
+    progress.close()
+    assert "[0/3] 150 frames at" in capsys.readouterr().err
+    tables.clear_progress(tmp_path)
+    assert tables.frames_in_flight(tmp_path) == 0

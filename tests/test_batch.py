@@ -294,3 +294,20 @@ def count_rows_frames(output: Path) -> int:
     from neopolyp_hf.batch.cli import count_rows
 
     return count_rows(output, "frames")
+
+
+def test_a_worker_reports_its_frames_while_it_reads_a_procedure(archive, batch_model, tmp_path, monkeypatch):
+    """Progress in frames, not only procedures: the worker says how far into a procedure it is."""
+    from neopolyp_hf.batch import worker as worker_module
+    from neopolyp_hf.batch.inputs import Procedure
+    from neopolyp_hf.batch.worker import BatchSettings, ProcedureWorker
+
+    reported = []
+    monkeypatch.setattr(worker_module, "PROGRESS_SECONDS", 0.0)
+    original = tables.write_progress
+    monkeypatch.setattr(tables, "write_progress", lambda o, k, n: (reported.append(n), original(o, k, n)))
+    clip = str(archive / "a" / "clip1.mp4")
+    worker = ProcedureWorker(BatchSettings(output=str(tmp_path), model=str(batch_model), run_id="r"))
+    summary = worker.process(Procedure("P-1", "", "video", (clip,), source=clip))
+    assert summary["status"] == "ok" and reported == list(range(1, 7))
+    assert tables.frames_in_flight(tmp_path) == 0  # the procedure's file goes with its commit

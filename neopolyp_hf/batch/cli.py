@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -144,17 +145,40 @@ def prepare_output(folder: Path, what: str) -> Path:
 
 
 class Progress:
-    """Procedures and frames done, frames/s and time left: one updating tqdm line on a terminal, else a plain
-    line per procedure."""
+    """Procedures and frames done, frames/s: one updating tqdm line on a terminal, else a plain line per
+    procedure. A thread reads the workers' progress files (`tables.frames_in_flight`) every second, so the
+    frame count moves within a long procedure too (a plain line every `PLAIN_EVERY` s off a terminal)."""
 
-    def __init__(self, total: int) -> None:
+    PLAIN_EVERY = 30.0
+
+    def __init__(self, total: int, output: Path | None = None) -> None:
         self.total, self.done, self.frames, self.errors = total, 0, 0, 0
-        self.started = time.perf_counter()
+        self.output = output
+        self.started = self.printed = time.perf_counter()
         self.bar = None
+        self._stop = threading.Event()
         if sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="procedure", desc="procedures", file=sys.stderr)
+        self._thread = None
+        if output is not None and total:
+            self._thread = threading.Thread(target=self._watch, name="neopolyp-progress", daemon=True)
+            self._thread.start()
+
+    def frames_so_far(self) -> int:
+        """Frames of finished procedures plus those done so far by the procedures in flight."""
+        return self.frames + (tables.frames_in_flight(self.output) if self.output is not None else 0)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            frames = self.frames_so_far()
+            rate = frames / max(time.perf_counter() - self.started, 1e-9)
+            if self.bar is not None:
+                self.bar.set_postfix(frames=frames, fps=f"{rate:.1f}", errors=self.errors)
+            elif time.perf_counter() - self.printed >= self.PLAIN_EVERY:
+                self.printed = time.perf_counter()
+                print(f"[{self.done}/{self.total}] {frames} frames at {rate:.1f} frames/s", file=sys.stderr, flush=True)
 
     def update(self, summary: dict) -> None:
         self.done += 1
@@ -165,6 +189,7 @@ class Progress:
             self.bar.set_postfix(frames=self.frames, fps=f"{rate:.1f}", errors=self.errors)
             self.bar.update(1)
             return
+        self.printed = time.perf_counter()
         what = f"{summary['frames']} frames" if summary["status"] == "ok" else f"error: {summary['reason']}"
         print(
             f"[{self.done}/{self.total}] {summary['procedure_id']}: {what} ({float(summary['seconds']):.1f} s); "
@@ -174,8 +199,13 @@ class Progress:
         )
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def commit_lost(settings: BatchSettings, procedures: list[Procedure], tries: int) -> int:
@@ -315,7 +345,8 @@ def _run_locked(args, output: Path, overlays: Path | None, listing: Listing, mod
         f"{workers} {'GPU' if gpus else 'CPU'} worker(s)",
         file=sys.stderr,
     )
-    progress = Progress(len(todo))
+    tables.clear_progress(output)
+    progress = Progress(len(todo), output)
     if todo:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # one line of our own instead of one per operator
@@ -353,6 +384,7 @@ def _run_locked(args, output: Path, overlays: Path | None, listing: Listing, mod
         finally:
             progress.close()
     lost = commit_lost(settings, todo, args.max_retries + 1)
+    tables.clear_progress(output)
     counts = {table: count_rows(output, table) for table in ("procedures", "frames", "errors")}
     counts["read"] = sum(status == "ok" for status in tables.committed(output).values())
     counts["lost"] = lost

@@ -15,6 +15,8 @@ half-way is redone again; an error commit removes the procedure's other rows fir
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,6 +97,25 @@ PROCEDURES_SCHEMA = pa.schema(
 SCHEMAS = {"frames": FRAMES_SCHEMA, "tracks": TRACKS_SCHEMA, "errors": ERRORS_SCHEMA, "procedures": PROCEDURES_SCHEMA}
 
 
+PROGRESS_FOLDER = ".progress"  # frames done so far by each procedure in flight: KEY.json, {"frames": N}
+
+
+def write_progress(output: Path, key: str, frames: int) -> None:
+    """Say how many frames of a procedure in flight are done (read by the driver's progress line)."""
+    write_atomic(output / PROGRESS_FOLDER / f"{key}.json", lambda tmp: tmp.write_text(json.dumps({"frames": frames})))
+
+
+def frames_in_flight(output: Path) -> int:
+    """Frames done so far by the procedures in flight (their progress files); unreadable files count 0."""
+    total = 0
+    for path in (output / PROGRESS_FOLDER).glob("*.json") if (output / PROGRESS_FOLDER).is_dir() else ():
+        try:
+            total += int(json.loads(path.read_text())["frames"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return total
+
+
 def procedure_key(procedure_id: str) -> str:
     """The file name stem of a procedure's rows: a digest of its id (ids hold slashes and any character)."""
     return hashlib.sha256(procedure_id.encode("utf-8")).hexdigest()[:24]
@@ -136,6 +157,11 @@ def uncommit(output: Path, key: str) -> None:
     table_path(output, COMMIT_TABLE, key).unlink(missing_ok=True)
     for table in TABLES:
         table_path(output, table, key).unlink(missing_ok=True)
+
+
+def clear_progress(output: Path) -> None:
+    """Forget the progress files of an earlier or ended run."""
+    shutil.rmtree(output / PROGRESS_FOLDER, ignore_errors=True)
 
 
 def remove_uncommitted(output: Path) -> list[Path]:

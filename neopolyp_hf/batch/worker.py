@@ -30,6 +30,7 @@ from ..video.tracking import LesionTracker
 from . import tables
 from .inputs import Procedure, expand, resolve
 
+PROGRESS_SECONDS = 2.0  # how often a worker says how many frames of its procedure are done
 # A track seen in fewer frames is a fragment (a reflection, a piece of a split polyp), not counted as a polyp.
 DEFAULT_MIN_POLYP_FRAMES = 5
 
@@ -140,6 +141,7 @@ class ProcedureWorker:
             }
             commit = self._commit_row(procedure, "error", {})
             commit_error(output, key, self._rows(errors + [row], extras), commit, self._schema)
+            (output / tables.PROGRESS_FOLDER / f"{key}.json").unlink(missing_ok=True)
             return self._summary(procedure, "error", 0, started, reason)
         tables.write_rows(output, "frames", key, self._rows(frames, extras), self._schema("frames"))
         tables.write_rows(output, "tracks", key, self._rows(tracks, extras), self._schema("tracks"))
@@ -147,6 +149,7 @@ class ProcedureWorker:
         summary["overlay"] = overlay.name if overlay is not None else ""
         row = self._commit_row(procedure, "ok", summary)
         tables.write_rows(output, tables.COMMIT_TABLE, key, [{**row, **extras}], self._schema("procedures"))
+        (output / tables.PROGRESS_FOLDER / f"{key}.json").unlink(missing_ok=True)
         return self._summary(procedure, "ok", len(frames), started, "")
 
     @staticmethod
@@ -245,7 +248,7 @@ class ProcedureWorker:
         stills = procedure.kind == "stills"
         tracker = None if stills else LesionTracker(names, config["uncertain_range"])
         frames, times, findings = [], [], []
-        writer, legend = None, None
+        writer, legend, reported = None, None, time.perf_counter()
         with contextlib.ExitStack() as stack:
             source = self._source(procedure, stack, errors)
             fps, timing = source.info.fps, source.info.timing
@@ -288,6 +291,12 @@ class ProcedureWorker:
                     )
                 frames.append(row)
                 times.append(result.time)
+                if time.perf_counter() - reported > PROGRESS_SECONDS:  # the driver's line moves within a procedure
+                    reported = time.perf_counter()
+                    with contextlib.suppress(OSError):  # progress is a courtesy: never a reason to fail
+                        tables.write_progress(
+                            Path(settings.output), tables.procedure_key(procedure.procedure_id), len(frames)
+                        )
                 if writer is not None:
                     legend = legend or clip_legend(result.frame, config)
                     writer.write(overlay_frame(result, config, legend), result.time)
