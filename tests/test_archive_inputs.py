@@ -354,3 +354,18 @@ def test_progress_moves_with_the_frames_of_procedures_in_flight(tmp_path, monkey
     assert "[0/3] 150 frames at" in capsys.readouterr().err
     tables.clear_progress(tmp_path)
     assert tables.frames_in_flight(tmp_path) == 0
+
+
+def test_the_decoder_advice_is_what_pydicom_itself_requires():
+    """Each syntax's advice names every package of one of pydicom's own decoder plugins (pylibjpeg's plugins need
+    pylibjpeg itself: installing pylibjpeg-libjpeg alone leaves JPEG Lossless unreadable)."""
+    from pydicom.pixels import get_decoder
+
+    from neopolyp_hf.dicom import DECODER_PACKAGES
+
+    import re
+
+    for syntax, (_, packages) in DECODER_PACKAGES.items():
+        decoder = get_decoder(syntax)
+        required = [set(re.findall(r"([A-Za-z0-9_.-]+)>=", line)) for line in decoder.missing_dependencies]
+        assert set(packages) in required or (decoder.is_available and packages == ("pyjpegls",)), (syntax, required)
