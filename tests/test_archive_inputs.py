@@ -359,11 +359,11 @@ def test_progress_moves_with_the_frames_of_procedures_in_flight(tmp_path, monkey
 def test_the_decoder_advice_is_what_pydicom_itself_requires():
     """Each syntax's advice names every package of one of pydicom's own decoder plugins (pylibjpeg's plugins need
     pylibjpeg itself: installing pylibjpeg-libjpeg alone leaves JPEG Lossless unreadable)."""
+    import re
+
     from pydicom.pixels import get_decoder
 
     from neopolyp_hf.dicom import DECODER_PACKAGES
-
-    import re
 
     for syntax, (_, packages) in DECODER_PACKAGES.items():
         decoder = get_decoder(syntax)
