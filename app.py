@@ -71,8 +71,9 @@ def build_demo(model, info, settings: SpaceSettings, examples: Examples | None =
                     image_input = gr.Image(
                         label="Colonoscopy frame", type="filepath", sources=["upload"], elem_id="input"
                     )
+                    # Any file: a PACS names DICOM by its UID, without an extension; the package reads it by content.
                     dicom_input = gr.File(
-                        label="... or a DICOM still (.dcm)", file_types=[".dcm"], elem_id="dicom-input"
+                        label="... or a DICOM still (.dcm, or a PACS file of any name)", elem_id="dicom-input"
                     )
                     tta_input = gr.Checkbox(label="Flip test-time augmentation (3x slower, steadier)", value=False)
                     opacity_input = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
@@ -115,7 +116,7 @@ def build_demo(model, info, settings: SpaceSettings, examples: Examples | None =
                 with gr.Column():
                     video_input = gr.Video(label="Colonoscopy clip", sources=["upload"], elem_id="video-input")
                     dicom_video_input = gr.File(
-                        label="... or a DICOM video (.dcm)", file_types=[".dcm"], elem_id="dicom-video-input"
+                        label="... or a DICOM video (.dcm, or a PACS file of any name)", elem_id="dicom-video-input"
                     )
                     video_button = gr.Button("Segment the clip", variant="primary", elem_id="run-video")
                 with gr.Column():
@@ -166,11 +167,18 @@ def build_demo(model, info, settings: SpaceSettings, examples: Examples | None =
         page_outputs = [*image_outputs, summary_output, uncertainty_output, mask_output]
         page_inputs = [tta_input, opacity_input, uncertainty_open]
         run_button.click(
-            gpu(handlers.predict_page), [image_input, *page_inputs], page_outputs, preprocess=False, **private
+            gpu(handlers.segment_button),
+            [image_input, dicom_input, *page_inputs],
+            page_outputs,
+            preprocess=False,
+            **private,
         )
         dicom_input.upload(
             gpu(handlers.predict_page), [dicom_input, *page_inputs], page_outputs, preprocess=False, **private
         )
+        # The page shows one input at a time: a new upload of one kind clears the other.
+        dicom_input.upload(lambda: None, outputs=image_input, **private)
+        image_input.upload(lambda: None, outputs=dicom_input, **private)
         gr.Button(visible=False).click(
             gpu(handlers.predict),
             [image_input, tta_input, opacity_input],

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy.optimize import minimize
+from video import (  # a sibling benchmark script: Python puts a script's folder first on sys.path
+    INSTANCES,
+    clip_set_figures,
+    retrack,
+)
 
 from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.atomic import write_atomic, write_text_atomic
@@ -46,9 +50,6 @@ from neopolyp_hf.training.data import load_pair
 from neopolyp_hf.training.evaluation import evaluate_model, read_ids, select_samples
 from neopolyp_hf.training.metrics import class_accuracies
 from neopolyp_hf.video.pipeline import segment_video
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from video import INSTANCES, clip_set_figures, retrack  # noqa: E402  (a sibling benchmark script)
 
 SCENES_PER_CLIP = 10
 THUMBNAIL_SIZE = (64, 48)  # the tracker's scene-cut check reads a 32 px thumbnail: a small frame is enough

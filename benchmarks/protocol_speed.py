@@ -20,10 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from neopolyp_hf.training import recipes
+from tables import (  # a sibling module of the benchmarks: Python puts a script's folder first on sys.path
+    print_table,
+    save_rows,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import print_table, save_rows  # noqa: E402  (a sibling module of the benchmarks)
+from neopolyp_hf.training import recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWEST_CPU_BASELINE_S = 98.0  # ResNet34 from scratch, 128 px, one protocol epoch, on the slowest CPU seen

@@ -40,6 +40,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tables import (  # a sibling module of the benchmarks: Python puts a script's folder first on sys.path
+    print_table,
+    save_rows,
+)
 
 from neopolyp_hf import NeoPolypUNet
 from neopolyp_hf.classes import CLASS_NAMES, POLYP_CLASSES
@@ -51,10 +55,6 @@ from neopolyp_hf.training.evaluation import read_ids, select_samples
 from neopolyp_hf.training.metrics import DiceAccumulator
 from neopolyp_hf.video.pipeline import segment_video, write_video_outputs
 from neopolyp_hf.video.sources import read_frames
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import print_table, save_rows  # noqa: E402  (a sibling module of the benchmarks)
-
 from neopolyp_hf.video.tracking import LesionTracker
 
 INSTANCES = 3  # truth masks carry class + 3 x instance, so nearest warping keeps each true lesion's identity
@@ -94,7 +94,6 @@ def rss_mb(pid: int) -> float:
 def space_benchmark(args) -> dict:
     """The Video tab against the CLI on a 10 s clip, and the memory a 60 s 720p clip adds."""
     import subprocess
-    import sys
     import threading
 
     from gradio_client import Client, handle_file

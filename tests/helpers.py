@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +31,12 @@ def load_script(name: str, folder: str = "train") -> ModuleType:
     functions in the test's process."""
     spec = importlib.util.spec_from_file_location(f"neopolyp_{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # As `python folder/name.py` runs it: its own folder first on sys.path, so its sibling imports resolve.
+    sys.path.insert(0, str(ROOT / folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / folder))
     return module
 
 

@@ -271,6 +271,26 @@ def test_the_built_page_names_its_model_limits_and_api_without_a_server(page):
     assert "*pixel confidence*: the mean" in text  # every lesion column explained
 
 
+def test_the_dicom_inputs_take_pacs_files_and_segment_is_pressed_after_a_dicom_upload(page, random_model, tmp_path):
+    """A PACS file has no extension: the DICOM inputs take any file (the package reads it by content). Pressing
+    Segment after a DICOM upload segments that DICOM, instead of clearing the page for want of an image."""
+    from helpers import dicom_still
+
+    from neopolyp_hf.serving.handlers import SpaceHandlers
+
+    config = page[0].get_config_file()
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    assert props["dicom-input"].get("file_types") is None and props["dicom-video-input"].get("file_types") is None
+    model, info = load_segmenter(str(page[1]), backend="torch")
+    handlers = SpaceHandlers(model, info, SpaceSettings())
+    still = dicom_still(tmp_path / "1.2.826.0.1.3680043.8.498.7", marked_frame(96, 64))
+    overlay, percentages, rows, kept, sentences, *_ = handlers.segment_button(
+        None, {"path": str(still)}, False, 0.5, False
+    )
+    assert overlay and kept is not None and "Read DICOM" in sentences
+    assert handlers.segment_button(None, None, False, 0.5, False)[4] == "Upload an image first."
+
+
 def test_the_page_shows_the_models_card_figures(app_module, page):
     import dataclasses
 
@@ -525,7 +545,8 @@ def test_dicom_uploads_are_read_and_give_a_seg_with_no_patient_field(client, ser
     segmenter, _ = load_segmenter(str(served[1]))
     assert answers[0][1] == percentages_summary(segmenter.predict(still))
     seg = client.predict(handle_file(str(still)), api_name="/predict_seg")
-    mask, info = read_seg_mask(seg["value"] if isinstance(seg, dict) else seg)
+    assert isinstance(seg, str) and seg.endswith(".dcm")  # the file the API promises, not a page update
+    mask, info = read_seg_mask(seg)
     np.testing.assert_array_equal(mask, segmenter.predict(still).mask)
     assert info["labels"] == {1: "neoplastic polyp", 2: "non-neoplastic polyp"}
     video = dicom_video(tmp_path / "procedure.dcm", small_clip.read_bytes(), 120, 160, 16, "1.2.840.10008.1.2.4.102")

@@ -199,9 +199,11 @@ def test_the_wheel_installs_beside_another_torch_and_each_command_runs_from_it(t
     Then every console command answers --help from the installed wheel, no checkout on the path."""
     source = tmp_path / "source"  # built from a copy: the checkout gets no build/ or egg-info
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "model_card.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "neopolyp_hf", source / "neopolyp_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "neopolyp_hf", source / "neopolyp_hf", ignore=shutil.ignore_patterns("__pycache__"), symlinks=True
+    )
     built = subprocess.run(
         [
             sys.executable,
@@ -221,6 +223,10 @@ def test_the_wheel_installs_beside_another_torch_and_each_command_runs_from_it(t
     )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(tmp_path.glob("neopolyp_hf-*.whl"))
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:  # the card a push renders is the repository's top-level one
+        assert archive.read("neopolyp_hf/model_card.md") == (ROOT / "model_card.md").read_bytes()
 
     user = tmp_path / "user-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(user)], check=True)

@@ -182,13 +182,14 @@ class SpaceHandlers:
         )
         return gr.File(value=str(path), visible=True)
 
-    def seg_file(self, kept: KeptPrediction | None):
-        """The last prediction as a DICOM SEG over its DICOM source (two segments), written only when asked for."""
+    def _write_seg(self, kept: KeptPrediction) -> Path:
+        """The SEG of a kept prediction over its DICOM source, as a file of its own.
+
+        Raises:
+            gr.Error: the source is no DICOM still, or highdicom cannot make a SEG of it (the reason given).
+        """
         from ..dicom_seg.writer import build_seg
 
-        if kept is None or not is_dicom(kept.image_path):
-            gr.Warning("A DICOM SEG is made over a DICOM still: segment a .dcm upload first.")
-            return gr.File(value=None, visible=False)
         try:
             source = read_dataset(kept.image_path, "the upload")
             seg = build_seg(
@@ -201,20 +202,30 @@ class SpaceHandlers:
             )
         except (NeoPolypError, ImportError) as error:
             raise gr.Error(f"No DICOM SEG: {error}", print_exception=False) from error
-        path = self.outputs.save("neopolyp_seg", ".dcm", lambda p: write_atomic(p, lambda tmp: seg.save_as(tmp)))
-        return gr.File(value=str(path), visible=True)
+        return self.outputs.save("neopolyp_seg", ".dcm", lambda p: write_atomic(p, lambda tmp: seg.save_as(tmp)))
 
-    def predict_seg(self, upload: dict | None):
-        """The /predict_seg API: a DICOM still in, its DICOM SEG out; anything else is an error naming the problem."""
+    def seg_file(self, kept: KeptPrediction | None):
+        """The page's SEG button: the last prediction as a DICOM SEG over its DICOM source (two segments)."""
+        if kept is None or not is_dicom(kept.image_path):
+            gr.Warning("A DICOM SEG is made over a DICOM still: segment a DICOM upload first.")
+            return gr.File(value=None, visible=False)
+        return gr.File(value=str(self._write_seg(kept)), visible=True)
+
+    def predict_seg(self, upload: dict | None) -> str:
+        """The /predict_seg API: a DICOM still in, its DICOM SEG file out (the file itself, as the API promises);
+        anything else is an error naming the problem."""
         if upload and upload.get("path") and not is_dicom(upload["path"]):
-            raise gr.Error(
-                "A DICOM SEG is made over a DICOM still (.dcm): this upload is not DICOM.", print_exception=False
-            )
+            raise gr.Error("A DICOM SEG is made over a DICOM still: this upload is not DICOM.", print_exception=False)
         try:
             *_, kept = self.segment_image(upload, False, 0.5)
         except UploadProblem as problem:
             raise gr.Error(str(problem), print_exception=False) from None
-        return self.seg_file(kept)
+        return str(self._write_seg(kept))
+
+    def segment_button(self, image: dict | None, dicom: dict | None, tta: bool, opacity: float, open_: bool):
+        """The Segment button: the frame uploaded as an image, else the DICOM still uploaded beside it (uploading
+        one clears the other, so the button segments what is on the page)."""
+        return self.predict_page(image if image and image.get("path") else dicom, tta, opacity, open_)
 
     def segment_clip(self, upload, progress):
         """A clip with lesion tracking: the overlaid MP4, the timeline plot's rows, the track table and a note.
