@@ -3,9 +3,10 @@ limit, a multi-frame object and an H.264 video, each read (to its first frame) i
 
     python benchmarks/dicom_memory.py [--compare-with OLD_CHECKOUT] [--output results.json]
 
-Each case runs in its own Python process; the figure is its peak resident memory (ru_maxrss) minus that of a
-process that imported the same modules and read nothing. `--compare-with` runs the same cases against another
-checkout's `neopolyp_hf` (put first on PYTHONPATH) in the same run, so the two columns compare on one machine.
+Each case runs in its own Python process after its imports; the figure is how far its resident memory rose
+above where it stood before reading (Linux: the peak is reset through /proc/self/clear_refs, then read as
+VmHWM). `--compare-with` runs the same cases against another checkout's `neopolyp_hf` in the same run, so the
+two columns compare on one machine.
 The objects are made here with pydicom and PyAV; they carry no patient data.
 """
 
@@ -26,23 +27,33 @@ MB = 1 << 20
 
 # Run in a fresh process: import what reading needs, then (unless "baseline") read the case's file.
 PROBE = """
-import resource, sys
+import sys
+if sys.argv[4]:  # another checkout's package: ahead of this environment's editable install of this one
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, sys.argv[4])
 from neopolyp_hf.preprocessing import load_image
 try:
     from neopolyp_hf.video.sources import read_frames
 except ImportError:  # an older checkout
     from neopolyp_hf.video.io import read_frames
-import pydicom, av  # noqa: F401  (imported in the baseline too)
+import pydicom, av  # noqa: F401  (imported before the peak is reset)
 kind, path = sys.argv[1], sys.argv[2]
+def status(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field))
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # the peak resident size starts again from now (Linux)
+before = status("VmRSS:")
 error = ""
 try:
     if kind == "still":
-        load_image(path, max_pixels=int(sys.argv[3]))
+        load_image(path, max_pixels=int(sys.argv[3] or 0))
     elif kind == "video":
         next(iter(read_frames(path, max_seconds=None)))
 except Exception as caught:  # a refusal is a result too: its memory is what it cost to refuse
     error = type(caught).__name__
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, error)
+import neopolyp_hf
+print(status("VmHWM:") - before, error or "read", neopolyp_hf.__file__)
 """
 
 
@@ -132,17 +143,20 @@ def make_cases(folder: Path) -> list[tuple[str, str, Path, int]]:
 
 
 def peak(code_root: Path, kind: str, path: Path, max_pixels: int) -> tuple[int, str]:
-    environment = {**os.environ, "PYTHONPATH": str(code_root), "OPENBLAS_NUM_THREADS": "1"}
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    other = "" if code_root == ROOT else str(code_root)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, kind, str(path), str(max_pixels)],
+        [sys.executable, "-c", PROBE, kind, str(path), str(max_pixels), other],
         env=environment,
         capture_output=True,
         text=True,
         timeout=600,
         check=True,
     )
-    value, _, error = done.stdout.strip().partition(" ")
-    return int(value), error
+    value, result, package = done.stdout.split()
+    if not Path(package).is_relative_to(code_root):
+        raise RuntimeError(f"measured {package}, not the package of {code_root}")
+    return int(value), result
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -159,13 +173,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="neopolyp-dicom-memory-") as folder:
         cases = make_cases(Path(folder))
-        baselines = {name: peak(root, "baseline", cases[0][2], 0)[0] for name, root in roots.items()}
         for case, kind, path, max_pixels in cases:
             row = {"case": case, "file_mb": round(path.stat().st_size / MB, 1)}
             for name, root in roots.items():
                 used, error = peak(root, kind, path, max_pixels)
-                row[f"{name}: peak MB above baseline"] = round((used - baselines[name]) / MB, 1)
-                row[f"{name}: result"] = error or "read"
+                row[f"{name}: peak MB"] = round(used / MB, 1)
+                row[f"{name}: result"] = error
             rows.append(row)
     headers = list(rows[0])
     print_table(headers, [[row[h] for h in headers] for row in rows])

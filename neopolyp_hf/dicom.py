@@ -122,26 +122,46 @@ HEADER_ALLOWANCE = 16 << 20
 DEFAULT_MAX_BYTES = 256 << 20  # a still's data set, inflated: well over a 64 MP frame's 3 bytes a pixel
 
 
-def _inflate(handle, name: str, max_bytes: int) -> bytes:
-    """The raw-deflated rest of a file, inflated block by block and refused once past `max_bytes` (a deflated
-    data set inflates up to about 1000:1: a 20 MB upload could otherwise take gigabytes).
+def _inflate(handle, name: str, max_bytes: int, max_pixels: int | None) -> bytes:
+    """The raw-deflated rest of a file, inflated block by block. The header comes first: once it says the image's
+    size (rows x columns x frames x samples x bytes), a frame over `max_pixels` is refused before the rest is
+    inflated, and the rest may inflate to that size plus `HEADER_ALLOWANCE` at most (never past `max_bytes`): a
+    deflated data set inflates up to about 1000:1, and a 20 MB upload could otherwise take gigabytes.
 
     Raises:
-        ImageLoadError: past the limit, or not deflate data.
+        ImageLoadError: over a limit, or not deflate data.
     """
+    from pydicom.filereader import _at_pixel_data
+    from pydicom.filereader import read_dataset as read_body
+
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     out = bytearray()
+    limit, sized = max_bytes, False
     while True:
-        chunk = inflater.unconsumed_tail or handle.read(1 << 20)
+        chunk = inflater.unconsumed_tail or handle.read(1 << 16)
         if not chunk:
             break
         try:
-            out += inflater.decompress(chunk, max_bytes + 1 - len(out))
+            # At most 1 MiB out per call (the rest waits in unconsumed_tail): 64 KiB of zeros inflate to 64 MB.
+            out += inflater.decompress(chunk, min(1 << 20, limit + 1 - len(out)))
         except zlib.error as error:
             raise ImageLoadError(f"{name} has corrupt deflated data ({error})") from error
-        if len(out) > max_bytes:
+        if not sized and len(out) >= 1 << 16:
+            sized = True
+            try:
+                header = read_body(io.BytesIO(bytes(out)), False, True, stop_when=_at_pixel_data)
+                rows, columns = int(header.Rows), int(header.Columns)
+                frames = int(str(header.get("NumberOfFrames", 1) or 1))
+                samples, bits = int(header.get("SamplesPerPixel", 1)), int(header.get("BitsAllocated", 8))
+            except Exception:  # noqa: BLE001 - a header longer than the first block: the byte limit alone holds
+                rows = columns = 0
+            if rows and max_pixels is not None and rows * columns > max_pixels:
+                raise ImageLoadError(f"{name} is {columns}x{rows} pixels, over the limit of {max_pixels:,} pixels")
+            if rows:
+                limit = min(max_bytes, rows * columns * frames * samples * -(-bits // 8) + HEADER_ALLOWANCE)
+        if len(out) > limit:
             raise ImageLoadError(
-                f"{name} inflates to more than {max_bytes / 2**20:.0f} MB, over the limit for its pixels (a "
+                f"{name} inflates to more than {limit / 2**20:.0f} MB, over the limit for its pixels (a "
                 "decompression bomb?)"
             )
     return bytes(out + inflater.flush())
@@ -152,9 +172,11 @@ def read_dataset(
     name: str,
     stop_before_pixels: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = None,
 ):
     """The parsed object (pydicom `Dataset`); a file that is not DICOM, or is cut short, refused by name. A
-    Deflated data set is inflated under `max_bytes` (bytes); a bare data set (no preamble, no File Meta) is read
+    Deflated data set is inflated under `max_bytes` (bytes), a frame over `max_pixels` refused once its header is
+    inflated; a bare data set (no preamble, no File Meta) is read
     too, its transfer syntax the encoding it was read in.
 
     Raises:
@@ -171,7 +193,7 @@ def read_dataset(
             read_preamble(handle, force=True)
             meta = _read_file_meta_info(handle)
             if str(meta.get("TransferSyntaxUID", "")) == DEFLATED:
-                body = _inflate(handle, name, max_bytes)
+                body = _inflate(handle, name, max_bytes, max_pixels)
                 stop = _at_pixel_data if stop_before_pixels else None
                 dataset = read_body(io.BytesIO(body), False, True, stop_when=stop)
                 meta.TransferSyntaxUID = EXPLICIT_LITTLE  # as the inflated bytes now are
@@ -287,7 +309,7 @@ def read_still(source: str | os.PathLike | bytes, name: str | None = None, max_p
     """
     name = name or (f"'{Path(source).name}'" if isinstance(source, (str, os.PathLike)) else "the DICOM input")
     max_bytes = max_pixels * 3 * 2 + HEADER_ALLOWANCE if max_pixels else DEFAULT_MAX_BYTES
-    dataset = read_dataset(source, name, max_bytes=max_bytes)
+    dataset = read_dataset(source, name, max_bytes=max_bytes, max_pixels=max_pixels)
     summary = check_image(dataset, name)
     if summary.frames > 1:
         raise ImageLoadError(

@@ -413,39 +413,53 @@ def test_a_dicom_video_faster_than_25_fps_is_limited_by_its_own_times(tmp_path):
     assert "'broken.dcm'" in str(refused.value) and "stream.h264" not in str(refused.value)
 
 
-def test_a_deflated_dicom_that_inflates_past_its_pixel_limit_is_refused_while_inflating(tmp_path):
+def peak_bytes(call) -> int:
+    """Python's peak allocation while `call()` runs (tracemalloc; pydicom's and zlib's buffers are Python bytes)."""
     import tracemalloc
 
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    rows = columns = 3000  # 27 MB of zeros: deflated to a few tens of kB
-    path = dicom_object(
-        tmp_path / "bomb.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, rows, columns,
-        PixelData=bytes(rows * columns * 3),
-    )  # fmt: skip
-    assert path.stat().st_size < 100_000
     tracemalloc.start()
     tracemalloc.reset_peak()
     try:
-        with pytest.raises(ImageLoadError, match="bomb.dcm' inflates to more than 16 MB"):
-            load_image(path, max_pixels=100 * 100)
-        _, peak = tracemalloc.get_traced_memory()
+        call()
     finally:
+        _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert peak < 40 << 20  # bounded by the limit, not by what the file inflates to
+    return peak
+
+
+def test_a_deflated_dicom_is_inflated_under_a_bound_its_header_sets(tmp_path):
+    """Deflate reaches about 1000:1: a frame over the pixel limit is refused as soon as the header is inflated,
+    and pixel data past what the header announces is refused while inflating; memory stays small either way."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    side = 3000  # 27 MB of zeros: deflated to a few tens of kB
+    large = dicom_object(
+        tmp_path / "large.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, side, side,
+        PixelData=bytes(side * side * 3),
+    )  # fmt: skip
+    assert large.stat().st_size < 100_000
+
+    def refuse(path, match, max_pixels):
+        with pytest.raises(ImageLoadError, match=match):
+            load_image(path, max_pixels=max_pixels)
+
+    peak = peak_bytes(lambda: refuse(large, "is 3000x3000 pixels, over the limit of 10,000 pixels", 100 * 100))
+    assert peak < 8 << 20  # the header's size was enough: the 27 MB were never inflated
+    lying = dicom_object(
+        tmp_path / "lying.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, 100, 100,
+        PixelData=bytes(side * side * 3),
+    )  # fmt: skip
+    peak = peak_bytes(lambda: refuse(lying, "lying.dcm' inflates to more than 16 MB", 100 * 100))
+    assert peak < 40 << 20  # bounded by what the header announces, not by what the file inflates to
     small = dicom_object(
         tmp_path / "small.dcm", SECONDARY_CAPTURE, DeflatedExplicitVRLittleEndian, 48, 64,
         PixelData=marked_frame(64, 48).tobytes(),
     )  # fmt: skip
     np.testing.assert_array_equal(load_image(small), marked_frame(64, 48))  # a deflated still still reads
-    with pytest.raises(ImageLoadError, match="is 3000x3000 pixels, over the limit of 4,000,000 pixels"):
-        load_image(path, max_pixels=4_000_000)  # under the inflation bound: refused by size before decoding
 
 
 def test_a_dicom_video_is_copied_out_a_fragment_at_a_time(tmp_path):
     """Memory while opening a DICOM video stays far under its file's size (the stream is not read whole)."""
-    import tracemalloc
-
     from pydicom.encaps import encapsulate
 
     from neopolyp_hf.video.dicom import _copy_stream
@@ -455,13 +469,7 @@ def test_a_dicom_video_is_copied_out_a_fragment_at_a_time(tmp_path):
         tmp_path / "long.dcm", "1.2.840.10008.5.1.4.1.1.77.1.1.1", H264_MP4, 64, 96,
         PixelData=encapsulate(fragments), NumberOfFrames=10, PhotometricInterpretation="YBR_PARTIAL_420",
     )  # fmt: skip
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        _copy_stream(path, "'long.dcm'", tmp_path / "stream.h264")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_bytes(lambda: _copy_stream(path, "'long.dcm'", tmp_path / "stream.h264"))
     assert (tmp_path / "stream.h264").read_bytes() == b"".join(fragments)
     assert peak < 6 << 20  # about one fragment, not 24 MB
 
