@@ -311,3 +311,162 @@ def test_a_worker_reports_its_frames_while_it_reads_a_procedure(archive, batch_m
     summary = worker.process(Procedure("P-1", "", "video", (clip,), source=clip))
     assert summary["status"] == "ok" and reported == list(range(1, 7))
     assert tables.frames_in_flight(tmp_path) == 0  # the procedure's file goes with its commit
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory, clip_scenes) -> Path:
+    """An archive of 100 procedures made here: 30 short clips, 65 folders of one or two stills, 5 broken files."""
+    from PIL import Image
+
+    from neopolyp_hf.training.clips import clip_frames, write_clip
+
+    root = tmp_path_factory.mktemp("hundred") / "archive"
+    frames = [frame for _, frame, _ in clip_frames(clip_scenes, 6, (96, 64))]
+    for index in range(30):
+        write_clip(root / f"clips/c{index:02d}.mp4", frames[index % 6 : index % 6 + 3], fps=10.0)
+    for index in range(65):
+        folder = root / f"stills/s{index:02d}"
+        folder.mkdir(parents=True)
+        for still in range(1 + index % 2):
+            Image.fromarray(frames[(index + still) % len(frames)]).save(folder / f"f{still}.png")
+    for index in range(5):
+        (root / f"broken/b{index}.mp4").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"broken/b{index}.mp4").write_bytes(b"\x00" * 64)
+    return root
+
+
+def all_tables(output: Path) -> dict[str, list[tuple]]:
+    """Every table's rows, sorted, each row as a tuple of its values in column order."""
+    result = {}
+    for name in tables.TABLES:
+        rows = table(output, name).to_pylist() if (output / name).is_dir() else []
+        result[name] = sorted(tuple(str(v) for v in row.values()) for row in rows)
+    return result
+
+
+def ray_workers() -> list[int]:
+    """The process ids of this machine's archive-mode actors (Ray titles their processes after the actor)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and "ray::" in line and ("MapWorker" in line or "ProcedureWorker" in line):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_hundred_procedures_killed_ten_times_at_random_equal_an_uninterrupted_run(
+    local_ray, hundred, batch_model, tmp_path, monkeypatch
+):
+    """From a relative path, on a local Ray with 2 CPUs: ten kills at random points (the driver, or one of its
+    workers), each followed by a rerun, then a last run to the end; every table equals an uninterrupted run's,
+    row for row."""
+    import random
+
+    monkeypatch.chdir(hundred.parent)
+    common = ["archive", "--model", str(batch_model), "--min-polyp-frames", "1"]
+    reference = tmp_path / "reference"
+    counts = run_batch(*common, "--output", reference)
+    assert counts["procedures"] == 100 and counts["read"] == 95
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "neopolyp_hf.batch.cli", *common, "--output", str(output), "--address", local_ray]
+    chooser = random.Random(20261206)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kills = []
+    for round_ in range(10):
+        before = len(tables.committed(output))
+        if before >= 100:
+            break
+        target = before + chooser.randint(1, max(1, (100 - before) // 3))
+        driver = subprocess.Popen(
+            command, cwd=hundred.parent, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None and len(tables.committed(output)) < target:
+            time.sleep(0.02)
+        time.sleep(chooser.uniform(0.0, 0.3))  # anywhere between two write boundaries
+        if driver.poll() is None and round_ % 3 == 1 and ray_workers():
+            os.kill(chooser.choice(ray_workers()), signal.SIGKILL)  # a worker: Ray restarts it and retries
+            kills.append("worker")
+            time.sleep(chooser.uniform(0.2, 1.0))
+        if driver.poll() is None:
+            os.kill(driver.pid, signal.SIGKILL)
+            kills.append("driver")
+        driver.wait()
+    assert kills.count("driver") >= 5 and "worker" in kills
+    counts = run_batch(*common, "--output", output)
+    assert counts["procedures"] == 100
+    assert all_tables(output) == all_tables(reference)
+    assert not [p for p in output.rglob(".*")]  # no temporary file, lock or progress file left
+
+
+KILL_AT_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from neopolyp_hf.batch import tables
+from neopolyp_hf.batch.inputs import Procedure
+from neopolyp_hf.batch.worker import BatchSettings, ProcedureWorker
+
+output, model, clip, run_id, kill_after, redo = sys.argv[1:7]
+written = []
+original = tables.write_rows
+
+def write_then_die(*args, **kwargs):
+    path = original(*args, **kwargs)
+    written.append(path)
+    if len(written) == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker killed right after this write
+    return path
+
+tables.write_rows = write_then_die
+procedure = Procedure("P-1", "", "video", (clip,), source=clip)
+key = tables.procedure_key("P-1")
+if redo == "1":  # what the driver does before a --retry-errors redo
+    tables.uncommit(Path(output), key)
+    if kill_after == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+worker = ProcedureWorker(BatchSettings(output=output, model=model, run_id=run_id, model_sha256=sys.argv[7]))
+worker.process(procedure)
+"""
+
+
+def test_a_worker_killed_at_each_write_boundary_leaves_tables_a_rerun_makes_whole(
+    local_ray, archive, batch_model, tmp_path
+):
+    """The worker is killed after each of its writes (frames, tracks, errors, the commit), in a first run and in a
+    --retry-errors redo of a procedure that failed before (there also right after the redo removed the old commit);
+    the next run leaves every table as an uninterrupted run does: the procedure once, its rows once, and never
+    rows of a failed procedure beside its error."""
+    import json
+    import shutil
+
+    clip = tmp_path / "clip.mp4"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,procedure_id\n{clip},P-1\n")
+    failed = tmp_path / "failed"  # a run while the clip was missing: P-1 committed as an error
+    run_batch(manifest, "--model", batch_model, "--output", failed)
+    assert tables.committed(failed) == {tables.procedure_key("P-1"): "error"}
+    shutil.copy(archive / "a" / "clip1.mp4", clip)
+    reference = tmp_path / "reference"
+    run_batch(manifest, "--model", batch_model, "--output", reference)
+    expected = all_tables(reference)
+    record = json.loads((reference / "run.json").read_text())
+    cases = [(False, boundary) for boundary in range(1, 5)] + [(True, boundary) for boundary in range(0, 5)]
+    for redo, boundary in cases:
+        output = tmp_path / f"{'redo' if redo else 'first'}{boundary}"
+        if redo:
+            shutil.copytree(failed, output)
+        else:
+            output.mkdir()
+            shutil.copy(reference / "run.json", output / "run.json")
+        arguments = [str(output), str(batch_model.resolve()), str(clip), record["run_id"], str(boundary)]
+        arguments += ["1" if redo else "0", record["identity"]["model_sha256"]]
+        killed = subprocess.run([sys.executable, "-c", KILL_AT_WRITE, *arguments], cwd=ROOT, timeout=300)
+        assert killed.returncode == -signal.SIGKILL
+        # The commit is the last write: killed after it, the procedure is done; before it, it is not (a redo
+        # removes the old error commit first, so it is never left beside the new try's rows).
+        assert tables.committed(output).get(tables.procedure_key("P-1")) == ("ok" if boundary == 4 else None)
+        run_batch(manifest, "--model", batch_model, "--output", output)
+        assert all_tables(output) == expected, f"killed after write {boundary} ({'redo' if redo else 'first run'})"
