@@ -470,3 +470,33 @@ def test_a_worker_killed_at_each_write_boundary_leaves_tables_a_rerun_makes_whol
         assert tables.committed(output).get(tables.procedure_key("P-1")) == ("ok" if boundary == 4 else None)
         run_batch(manifest, "--model", batch_model, "--output", output)
         assert all_tables(output) == expected, f"killed after write {boundary} ({'redo' if redo else 'first run'})"
+
+
+def test_an_unexpected_exception_is_named_by_its_type_and_ctrl_c_ends_in_one_line(
+    local_ray, archive, batch_model, tmp_path, monkeypatch
+):
+    """A failure the worker did not foresee (a ZeroDivisionError) is that procedure's error row, named by its
+    type and message, never "out of memory"; Ctrl-C ends the driver in one line saying how to resume."""
+    from neopolyp_hf.batch.inputs import Procedure
+    from neopolyp_hf.batch.worker import BatchSettings, ProcedureWorker
+
+    worker = ProcedureWorker(BatchSettings(output=str(tmp_path / "unit"), model=str(batch_model), run_id="r"))
+    monkeypatch.setattr(worker, "_segment", lambda *a: 1 / 0)
+    clip = str(archive / "a" / "clip1.mp4")
+    summary = worker.process(Procedure("P-1", "", "video", (clip,), source=clip))
+    assert summary["status"] == "error" and summary["reason"] == "ZeroDivisionError: division by zero"
+    (row,) = table(tmp_path / "unit", "errors").to_pylist()
+    assert row["error_type"] == "ZeroDivisionError"
+
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "neopolyp_hf.batch.cli", str(archive), "--model", str(batch_model)]
+    command += ["--output", str(output), "--address", local_ray, "--workers", "1"]
+    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None and not tables.committed(output):
+        time.sleep(0.05)
+    assert driver.poll() is None, "the run ended before it could be interrupted"
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode != 0 and "Traceback" not in err
+    assert "run the same command again to resume" in err.strip().splitlines()[-1]
