@@ -3,6 +3,7 @@ that a clip gives (overlaid MP4, per-frame timeline, track table, mask PNGs)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -191,71 +192,56 @@ def write_video_outputs(
     one lossless PNG per frame (DIR/frame_000000.png). Every file is written atomically: a failure
     leaves no half-written output. `progress(done, total)` is called after each frame. `video` is a path, or a
     source already open (read once: its opener closes it)."""
-    if not isinstance(video, VideoSource):
-        with open_video(video, max_pixels, max_seconds) as source:
-            return write_video_outputs(
+    with contextlib.ExitStack() as stack:  # a path is opened here, once, and closed at the end
+        if not isinstance(video, VideoSource):
+            video = stack.enter_context(open_video(video, max_pixels, max_seconds))
+        info = video.info
+        config = model._inference_config
+        tracker = LesionTracker(config["class_names"], config["uncertain_range"]) if tracking else None
+        total = int(round(info.duration_s * info.fps)) if info.duration_s and info.fps else None
+        # Frames without times (unknown timing) are written at the conventional 25 frames/s: the clip must play.
+        writer = VideoWriter(output_video, info.fps or 25.0, preset=preset) if output_video else None
+        made_masks_dir = bool(masks_dir) and not Path(masks_dir).exists()
+        if masks_dir:
+            Path(masks_dir).mkdir(parents=True, exist_ok=True)
+        rows, written, legend = [], [], None
+        try:
+            for result in segment_video(
                 model,
-                source,
-                output_video=output_video,
-                timeline=timeline,
-                tracks=tracks,
-                masks_dir=masks_dir,
+                video,
                 tracking=tracking,
+                tracker=tracker,
                 every=every,
                 tta=tta,
-                opacity=opacity,
-                preset=preset,
                 max_pixels=max_pixels,
                 max_seconds=max_seconds,
-                progress=progress,
-            )
-    info = video.info
-    config = model._inference_config
-    tracker = LesionTracker(config["class_names"], config["uncertain_range"]) if tracking else None
-    total = int(round(info.duration_s * info.fps)) if info.duration_s and info.fps else None
-    # Frames without times (unknown timing) are written at the conventional 25 frames/s: the clip must play.
-    writer = VideoWriter(output_video, info.fps or 25.0, preset=preset) if output_video else None
-    made_masks_dir = bool(masks_dir) and not Path(masks_dir).exists()
-    if masks_dir:
-        Path(masks_dir).mkdir(parents=True, exist_ok=True)
-    rows, written, legend = [], [], None
-    try:
-        for result in segment_video(
-            model,
-            video,
-            tracking=tracking,
-            tracker=tracker,
-            every=every,
-            tta=tta,
-            max_pixels=max_pixels,
-            max_seconds=max_seconds,
-        ):
+            ):
+                if writer is not None:
+                    legend = legend or clip_legend(result.frame, config)
+                    # Each frame at its own time: a variable frame rate is kept.
+                    writer.write(overlay_frame(result, config, legend, opacity), result.time)
+                if masks_dir:
+                    written.append(Path(masks_dir) / f"frame_{result.index:06d}.png")  # before it exists: a signal
+                    save_mask_png(result.mask, written[-1], config["class_colors"])  # mid-write leaves it listed
+                rows.append(timeline_row(result))
+                if progress is not None:
+                    progress(len(rows), total)
+        except BaseException:
             if writer is not None:
-                legend = legend or clip_legend(result.frame, config)
-                # Each frame at its own time: a variable frame rate is kept.
-                writer.write(overlay_frame(result, config, legend, opacity), result.time)
-            if masks_dir:
-                written.append(Path(masks_dir) / f"frame_{result.index:06d}.png")  # before it exists: a signal
-                save_mask_png(result.mask, written[-1], config["class_colors"])  # mid-write leaves it listed
-            rows.append(timeline_row(result))
-            if progress is not None:
-                progress(len(rows), total)
-    except BaseException:
+                writer.abort()
+            for path in written:  # a failed run leaves no partial set of masks either
+                path.unlink(missing_ok=True)
+            if made_masks_dir and not any(Path(masks_dir).iterdir()):
+                Path(masks_dir).rmdir()  # nor a folder it made
+            raise
+        files = {}
         if writer is not None:
-            writer.abort()
-        for path in written:  # a failed run leaves no partial set of masks either
-            path.unlink(missing_ok=True)
-        if made_masks_dir and not any(Path(masks_dir).iterdir()):
-            Path(masks_dir).rmdir()  # nor a folder it made
-        raise
-    files = {}
-    if writer is not None:
-        files["video"] = writer.close()
-    table = track_rows(tracker.tracks, config["class_names"], config["uncertain_range"]) if tracker else []
-    if timeline:
-        files["timeline"] = write_text_atomic(timeline, csv_text(TIMELINE_HEADERS, rows))
-    if tracks:
-        files["tracks"] = write_text_atomic(tracks, csv_text(TRACK_HEADERS, table))
-    if masks_dir:
-        files["masks"] = Path(masks_dir)
-    return VideoOutputs(len(rows), rows, table, files)
+            files["video"] = writer.close()
+        table = track_rows(tracker.tracks, config["class_names"], config["uncertain_range"]) if tracker else []
+        if timeline:
+            files["timeline"] = write_text_atomic(timeline, csv_text(TIMELINE_HEADERS, rows))
+        if tracks:
+            files["tracks"] = write_text_atomic(tracks, csv_text(TRACK_HEADERS, table))
+        if masks_dir:
+            files["masks"] = Path(masks_dir)
+        return VideoOutputs(len(rows), rows, table, files)
