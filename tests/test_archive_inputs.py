@@ -395,3 +395,32 @@ def test_a_killed_drivers_half_written_overlays_are_removed(tmp_path):
     (tmp_path / "abc.mp4").write_bytes(b"whole")
     remove_partial_overlays(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["abc.mp4"]
+
+
+def test_a_study_of_stills_and_two_recordings_is_two_procedures_by_its_uid(tmp_path):
+    """Two video objects of one study are one procedure on one timeline; its stills another; none is refused for
+    sharing the study's id."""
+    from helpers import dicom_video
+    from pydicom.uid import generate_uid
+
+    h264 = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile
+
+    study = generate_uid()
+    (tmp_path / "export").mkdir()
+    for last in ("1", "2"):
+        dicom_still(
+            tmp_path / "export" / f"1.2.826.0.1.3680043.8.498.1{last}", marked_frame(64, 48), StudyInstanceUID=study
+        )
+        dicom_video(
+            tmp_path / "export" / f"1.2.826.0.1.3680043.8.498.2{last}",
+            b"\\0" * 64,
+            48,
+            64,
+            5,
+            h264,
+            StudyInstanceUID=study,
+        )
+    procedures = {p.procedure_id: p for p in discover(str(tmp_path / "export"))}
+    assert set(procedures) == {f"{study} stills", f"{study} video"}
+    assert procedures[f"{study} video"].kind == "video" and len(procedures[f"{study} video"].paths) == 2
+    assert procedures[f"{study} stills"].kind == "stills" and len(procedures[f"{study} stills"].paths) == 2

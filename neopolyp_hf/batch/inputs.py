@@ -171,8 +171,9 @@ def _dicom_identity(filesystem: pafs.FileSystem, path: str) -> tuple[str, str, i
 
 
 def _group(files: list[str], root: str, uri_prefix: str, filesystem: pafs.FileSystem, listing: Listing):
-    """Videos one each; stills one procedure per folder; DICOM stills one procedure per study (by Study
-    Instance UID: a hospital export's stills of one colonoscopy lie in any folders, under any names)."""
+    """Videos one each and stills one procedure per folder; DICOM by study (Study Instance UID: a hospital
+    export's objects of one colonoscopy lie in any folders, under any names): its stills one procedure, its
+    video objects another (several recordings of one procedure, in name order, on one timeline)."""
     procedures, stills, studies = [], {}, {}
     for path in sorted(files):
         relative = posixpath.relpath(path, root)
@@ -184,20 +185,14 @@ def _group(files: list[str], root: str, uri_prefix: str, filesystem: pafs.FileSy
             stills.setdefault(posixpath.dirname(path), []).append(path)
             continue
         identity = _dicom_identity(filesystem, path)
-        if identity is not None and identity[2] == 1 and identity[0]:
-            studies.setdefault(identity[0], []).append((path, identity[1]))
+        if identity is not None and identity[0]:
+            kind = "stills" if identity[2] == 1 else "video"
+            studies.setdefault(identity[0], {}).setdefault(kind, []).append((path, identity[1]))
             continue
-        study, series = (identity[0], identity[1]) if identity else ("", "")
-        source = uri_prefix + path
+        source = uri_prefix + path  # a container video, or a file to be named in errors
         procedures.append(
             Procedure(
-                listing.name(relative, study),
-                source if listing.records_paths else "",
-                "video",
-                (source,),
-                source=source,
-                study_uid=study,
-                series_uid=series,
+                listing.name(relative), source if listing.records_paths else "", "video", (source,), source=source
             )
         )
     for folder, paths in stills.items():
@@ -212,23 +207,27 @@ def _group(files: list[str], root: str, uri_prefix: str, filesystem: pafs.FileSy
                 source=source,
             )
         )
-    for study, members in studies.items():
-        # One study's stills in name order (a PACS names them by UID: the order is then the instances').
-        paths = tuple(uri_prefix + p for p, _ in sorted(members))
-        folder = posixpath.commonpath([p for p, _ in members]) if len(members) > 1 else posixpath.dirname(members[0][0])
-        relative = posixpath.relpath(folder, root) + f" (study {study})"
-        series = sorted({s for _, s in members})
-        procedures.append(
-            Procedure(
-                listing.name(relative, study),
-                uri_prefix + folder if listing.records_paths else "",
-                "stills",
-                paths,
-                source=uri_prefix + folder,
-                study_uid=study,
-                series_uid=series[0] if len(series) == 1 else "",
+    for study, kinds in studies.items():
+        for kind, members in sorted(kinds.items()):
+            # In name order (a PACS names objects by UID: the order is then the instances').
+            paths = tuple(uri_prefix + p for p, _ in sorted(members))
+            folder = (
+                posixpath.commonpath([p for p, _ in members]) if len(members) > 1 else posixpath.dirname(members[0][0])
             )
-        )
+            relative = posixpath.relpath(folder, root) + f" (study {study}, {kind})"
+            series = sorted({s for _, s in members})
+            uid = study if len(kinds) == 1 else f"{study} {kind}"  # a study holding both: two procedures
+            procedures.append(
+                Procedure(
+                    listing.name(relative, uid),
+                    uri_prefix + folder if listing.records_paths else "",
+                    kind,
+                    paths,
+                    source=uri_prefix + folder,
+                    study_uid=study,
+                    series_uid=series[0] if len(series) == 1 else "",
+                )
+            )
     ids = [p.procedure_id for p in procedures]
     if len(ids) != len(set(ids)):
         twice = sorted({i for i in ids if ids.count(i) > 1})
