@@ -184,6 +184,8 @@ def read_dataset(
             and no header field.
     """
     pydicom = _pydicom()
+    # pydicom 3.0 has no public call that reads the File Meta of an open stream (or stops a body at its Pixel
+    # Data) without inflating a Deflated body whole; these two helpers of its reader do, and the tests cover them.
     from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_preamble
     from pydicom.filereader import read_dataset as read_body
 

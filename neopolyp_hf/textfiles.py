@@ -35,20 +35,18 @@ def decode_user_bytes(raw: bytes, name: str, encoding: str | None = None, fallba
     Raises:
         DataError: bytes that are not text in the encoding tried last, naming `name` and the line.
     """
-    tries = [encoding] if encoding else ["utf-8-sig"] + ([fallback] if fallback else [])
-    for index, codec in enumerate(tries):
+    codecs = [encoding] if encoding else ["utf-8-sig"] + ([fallback] if fallback else [])
+    for codec in codecs:
         try:
-            text = raw.decode(codec)
+            return raw.decode(codec).replace("\r\n", "\n").replace("\r", "\n")
         except LookupError as error:
             raise DataError(f"{name}: unknown text encoding '{codec}'") from error
         except UnicodeDecodeError as error:
-            if index + 1 < len(tries):
-                continue
-            line = raw[: error.start].count(b"\n") + 1
-            described = "UTF-8" if codec == "utf-8-sig" else codec
-            raise DataError(f"{name}, line {line}: not {described} text ({error.reason})") from error
-        return text.replace("\r\n", "\n").replace("\r", "\n")
-    raise AssertionError("unreachable")
+            failed = (codec, error)
+    codec, error = failed
+    line = raw[: error.start].count(b"\n") + 1
+    described = "UTF-8" if codec == "utf-8-sig" else codec
+    raise DataError(f"{name}, line {line}: not {described} text ({error.reason})") from error
 
 
 def read_user_json(path: str | os.PathLike, what: str) -> Any:

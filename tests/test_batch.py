@@ -167,7 +167,9 @@ def test_a_manifest_carries_its_columns_and_names_a_missing_path(local_ray, arch
     assert procedures["P-002"]["kind"] == "stills"
     assert {r["site"] for r in table(output, "frames").to_pylist()} == {"north", "south"}
     (error,) = table(output, "errors").to_pylist()
-    assert error["procedure_id"] == "P-003" and "nowhere.mp4" in error["reason"] and "does not exist" in error["reason"]
+    # Without --id-from path the reason names the path by what it is, never by its folders (they may name a patient).
+    assert error["procedure_id"] == "P-003" and "does not exist" in error["reason"]
+    assert "path 1 of procedure 'P-003'" in error["reason"] and str(archive) not in error["reason"]
 
 
 def test_a_killed_driver_resumes_with_every_procedure_exactly_once(local_ray, archive, batch_model, tmp_path):
@@ -257,10 +259,11 @@ def test_a_hospital_export_names_no_patient_and_counts_stills_and_split_clips(
         dicom_still(
             export / folder / f"1.2.826.0.1.3680043.8.498.{index + 1}", marked_frame(160, 120), StudyInstanceUID=study
         )
+    (export / "DOE_JANE_19700101" / "S1" / "recording.bin").write_bytes(b"\0" * 64)  # not a video: an error row
     output = tmp_path / "out"
     counts = run_batch(export, "--model", batch_model, "--output", output)
-    assert counts["procedures"] == 1 and counts["read"] == 1 and counts["frames"] == 2
-    (procedure,) = table(output, "procedures").to_pylist()
+    assert counts["procedures"] == 2 and counts["read"] == 1 and counts["frames"] == 2
+    (procedure,) = [row for row in table(output, "procedures").to_pylist() if row["status"] == "ok"]
     assert procedure["procedure_id"] == study and procedure["study_instance_uid"] == study
     assert procedure["kind"] == "stills" and procedure["path"] is None
     tracks = table(output, "tracks").to_pylist()

@@ -359,8 +359,24 @@ def test_every_seg_validates_and_copies_no_equipment_nor_bad_value(model_dir, tm
     (algorithm,) = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
     assert len(algorithm.AlgorithmVersion) == 64  # the weights' SHA-256 for a local model, whole
+    assert seg.ManufacturerModelName == "local model"
     out, err = capfd.readouterr()
     assert "1958-02-14" not in out + err and str(model_dir) not in err
+
+
+def test_a_seg_names_a_hub_model_by_its_repo_id_and_a_local_one_by_no_path(tmp_path):
+    import pydicom
+
+    from neopolyp_hf.dicom_seg.writer import build_seg
+
+    still = dicom_still(tmp_path / "frame.dcm", marked_frame(96, 64))
+    source, mask = pydicom.dcmread(still), np.zeros((64, 96), np.uint8)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = build_seg(source, mask, "you/neopolyp", commit, "1.0", "f" * 64)
+    assert hub.ManufacturerModelName == "you/neopolyp"
+    assert hub.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == commit
+    for local in (str(tmp_path), "/home/jane.doe/models/best", "../models/best"):
+        assert build_seg(source, mask, local, "", "1.0", "f" * 64).ManufacturerModelName == "local model"
 
 
 def test_a_dicom_video_without_frame_time_is_timed_by_its_own_stream(clip_frames_rgb, tmp_path):

@@ -126,7 +126,7 @@ def check_args(args: argparse.Namespace) -> None:
             )
 
 
-def prepare_output(folder: Path, what: str) -> Path:
+def check_writable(folder: Path, what: str) -> Path:
     """Create the output folder and prove it writable (a probe file written and removed) before any work.
 
     Raises:
@@ -284,8 +284,8 @@ def run_settings(args: argparse.Namespace, listing: Listing) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """List the procedures, skip those committed before, run the rest on Ray Data; returns the run's counts."""
     check_args(args)
-    output = prepare_output(Path(args.output).resolve(), "the output folder")
-    overlays = prepare_output(Path(args.overlays).resolve(), "the overlays folder") if args.overlays else None
+    output = check_writable(Path(args.output).resolve(), "the output folder")
+    overlays = check_writable(Path(args.overlays).resolve(), "the overlays folder") if args.overlays else None
     listing = Listing(args.id_from, tuple(str(p) for p in (output, overlays) if p is not None))
     try:
         model = resolve_model(args.model, args.revision)
@@ -373,14 +373,18 @@ def _run_locked(args, output: Path, overlays: Path | None, listing: Listing, mod
             for summary in dataset.iter_rows():
                 progress.update(summary)
         except KeyboardInterrupt:
-            progress.close()
             committed = len(tables.committed(output))
             raise SystemExit(
                 f"interrupted: {committed} of {len(procedures)} procedures are committed in '{output}'; run the same "
                 "command again to resume (nothing committed is redone)"
             ) from None
-        except Exception as error:  # noqa: BLE001 - Ray's own failure: one line, then the lost are named below
-            print(f"error: Ray Data stopped: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - Ray itself failed (not one worker): one line, nothing misnamed
+            first = (str(error).splitlines() or [""])[0]
+            committed = len(tables.committed(output))
+            raise SystemExit(
+                f"error: Ray Data stopped ({type(error).__name__}: {first}); {committed} of {len(procedures)} "
+                "procedures are committed: run the same command again to resume"
+            ) from None
         finally:
             progress.close()
     lost = commit_lost(settings, todo, args.max_retries + 1)

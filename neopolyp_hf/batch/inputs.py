@@ -314,10 +314,12 @@ def from_manifest(uri: str, listing: Listing = Listing(), encoding: str | None =
     for line, row in rows:
         where = row.get("path", "").strip()
         given = row.get("procedure_id", "").strip()
-        if listing.id_from == "path" and where:
-            procedure_id = given or where
+        if given:
+            procedure_id = given
+        elif where:  # the same id on every run, whatever rows are added: the path as given, or its digest
+            procedure_id = where if listing.id_from == "path" else opaque_id(where)
         else:
-            procedure_id = given or opaque_id(f"{uri}:{line}:{where}")
+            procedure_id = f"manifest line {line}"
         extras = {k: v for k, v in row.items() if k not in MANIFEST_COLUMNS and k}
         groups.setdefault(procedure_id, []).append((line, where, extras))
     procedures = []

@@ -108,6 +108,26 @@ class ProcedureWorker:
         """What the tables record of a file's path: nothing unless the user asked for paths."""
         return path if self.settings.record_paths else None
 
+    def _reason(self, error: Exception, procedure: Procedure) -> str:
+        """An error's text for the tables and the console: the exception's own words, its type added where they
+        are not this package's; without `--id-from path`, the procedure's paths in it replaced by what they are
+        (a hospital's folder names may name the patient)."""
+        named = isinstance(error, (NeoPolypError, OSError))
+        text = "out of memory" if isinstance(error, MemoryError) else str(error)
+        text = text if named else f"{type(error).__name__}: {text}"
+        if self.settings.record_paths:
+            return text
+        places = {
+            uri: f"path {index + 1} of procedure '{procedure.procedure_id}'"
+            for index, uri in enumerate(procedure.paths)
+        }
+        if procedure.source and procedure.source not in places:
+            places[procedure.source] = f"the folder of procedure '{procedure.procedure_id}'"
+        for uri in sorted(places, key=len, reverse=True):  # the longest first: a folder is part of its files' paths
+            local = resolve(uri)[1]
+            text = text.replace(uri, places[uri]).replace(local, places[uri])
+        return text
+
     def _rows(self, rows: list[dict], extras: dict) -> list[dict]:
         return [{"run_id": self.settings.run_id, **row, **extras} for row in rows]
 
@@ -126,11 +146,7 @@ class ProcedureWorker:
             procedure = expand(procedure)
             frames, tracks, summary = self._segment(procedure, overlay, errors)
         except Exception as error:  # noqa: BLE001 - any failure of one procedure is its error row, by type
-            # What the CLI says of the same input; other exceptions named by their type and message.
-            named = isinstance(error, (NeoPolypError, OSError))
-            reason = str(error) if named else f"{type(error).__name__}: {error}"
-            if isinstance(error, MemoryError):
-                reason = "out of memory"
+            reason = self._reason(error, procedure)
             if overlay is not None:
                 overlay.unlink(missing_ok=True)
             row = {
@@ -234,7 +250,7 @@ class ProcedureWorker:
                     "procedure_id": procedure.procedure_id,
                     "path": self._path(uri),
                     "error_type": type(error).__name__,
-                    "reason": str(error),
+                    "reason": self._reason(error, procedure),
                 }
             )
 

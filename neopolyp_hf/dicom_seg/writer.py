@@ -94,6 +94,20 @@ def _clean_source(source):
     return source
 
 
+def is_hub_repo_id(name: str) -> bool:
+    """Whether a model source is a Hub repo id ("you/neopolyp") rather than a local path (which may name the user)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def algorithm_version(revision: str, weights_sha256: str | None) -> str:
     """The Algorithm Version (LO, at most 64 characters): the Hub commit where there is one, else the weights'
     SHA-256 (64 hex digits); never a local path, never cut short."""
@@ -115,8 +129,7 @@ def build_seg(source, mask: np.ndarray, model_id: str, revision: str, software_v
     hd = _highdicom()
     if mask.shape != (int(source.Rows), int(source.Columns)):
         raise DataError(f"the mask is {mask.shape[1]}x{mask.shape[0]}, the DICOM source {source.Columns}x{source.Rows}")
-    local = os.path.sep in str(model_id) or os.path.exists(str(model_id))
-    model_name = "local model" if local or not model_id else str(model_id)[:64]
+    model_name = str(model_id)[:64] if is_hub_repo_id(str(model_id)) else "local model"
     algorithm = hd.AlgorithmIdentificationSequence(
         name="NeoPolyp",
         version=algorithm_version(str(revision or ""), weights_sha256),

@@ -234,13 +234,13 @@ class SpaceHandlers:
             upload = (upload.get("video") or upload).get("path")
         if not upload:
             raise UploadProblem("Upload a video first.")
-        path, settings, runs, opened = str(upload), self.settings, [], []
+        path, settings, runs = str(upload), self.settings, []
 
         def write(out: Path) -> Path:
             runs.append(
                 write_video_outputs(
                     self.model,
-                    opened[0],
+                    source,  # opened below, before this is called
                     output_video=out,
                     max_pixels=settings.max_pixels,
                     max_seconds=settings.max_video_seconds,
@@ -252,7 +252,6 @@ class SpaceHandlers:
         try:
             # Opened once: its size, length and timing checked before any frame, a DICOM's stream copied out once.
             with open_video(path, settings.max_pixels, settings.max_video_seconds) as source:
-                opened.append(source)
                 info = source.info
                 clip = self.outputs.save("neopolyp_video", ".mp4", write)
         except (NeoPolypError, ValueError) as error:
