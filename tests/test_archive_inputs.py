@@ -250,18 +250,20 @@ def test_settings_that_cannot_work_are_refused_before_any_work(tmp_path, monkeyp
     assert "--output 's3://bucket/out' is not a local folder" in refused("--model", "m", "--output", "s3://bucket/out")
     assert not (tmp_path / "s3:").exists()
     assert "nothing' is neither a model folder" in refused("--model", str(tmp_path / "nothing"), "--output", "o")
+    assert not (tmp_path / "o").exists()  # refused before any folder was made
     assert not ray.is_initialized()
 
 
-def test_an_output_on_a_read_only_volume_is_refused_before_any_work(tmp_path):
+def test_an_output_on_a_read_only_volume_is_refused_before_any_work(tmp_path, random_model):
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("a read-only bind mount needs root and unshare")
     touch(tmp_path / "archive" / "p01.mp4")
     (tmp_path / "out").mkdir()
-    out, archive = tmp_path / "out", tmp_path / "archive"
+    out, archive, model = tmp_path / "out", tmp_path / "archive", tmp_path / "model"
+    random_model.save_pretrained(model)
     script = (
         f"mount --bind -o ro '{out}' '{out}' && "
-        f"exec {sys.executable} -m neopolyp_hf.batch.cli '{archive}' --model m --output '{out}'"
+        f"exec {sys.executable} -m neopolyp_hf.batch.cli '{archive}' --model '{model}' --output '{out}'"
     )
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c", script],

@@ -284,14 +284,17 @@ def run_settings(args: argparse.Namespace, listing: Listing) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """List the procedures, skip those committed before, run the rest on Ray Data; returns the run's counts."""
     check_args(args)
-    output = check_writable(Path(args.output).resolve(), "the output folder")
-    overlays = check_writable(Path(args.overlays).resolve(), "the overlays folder") if args.overlays else None
+    output = Path(args.output).resolve()
+    overlays = Path(args.overlays).resolve() if args.overlays else None
     listing = Listing(args.id_from, tuple(str(p) for p in (output, overlays) if p is not None))
-    try:
+    try:  # a bad model or input is refused before any folder is made
         model = resolve_model(args.model, args.revision)
         procedures = discover(args.input, args.glob, listing, args.manifest_encoding)
     except NeoPolypError as error:
         raise SystemExit(f"error: {error}") from None
+    check_writable(output, "the output folder")
+    if overlays is not None:
+        check_writable(overlays, "the overlays folder")
     with RunLock(output):
         try:
             run_id = check_or_record(output, run_identity(model, run_settings(args, listing)), args.model)
